@@ -1,0 +1,138 @@
+"""MNISTDataModule: torchvision's MNIST, normalised once into tensors, with a seeded val split."""
+
+import gzip
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torchvision.datasets import MNIST
+
+from machlite.download import download, md5sum
+from machlite.errors import ConfigError, DataError
+
+from .base import InMemoryDataModule, Split
+
+#: The four files, as torchvision's MNIST declares them: (gz name, gz md5, unpacked size).
+MNIST_FILES: tuple[tuple[str, str, int], ...] = (
+    ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873", 47_040_016),
+    ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432", 60_008),
+    ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", 7_840_016),
+    ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", 10_008),
+)
+#: HTTPS mirror torchvision uses (the original LeCun site is plain HTTP).
+MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+#: The tutorial's normalisation, Normalize((0.1307,), (0.3081,)).
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+MNIST_TRAIN_SIZE = 60_000
+
+
+class MNISTDataModule(InMemoryDataModule):
+    """MNIST in torchvision's layout (``data_dir/MNIST/raw/``), as normalised tensors.
+
+    The 60,000 training images are split into train and validation with a seeded
+    permutation (55,000 / 5,000 by default); the 10,000 test images are the test split.
+    Images are scaled to [0, 1] and normalised with mean 0.1307 and std 0.3081 once, at
+    setup, instead of per sample.
+
+    Args:
+        data_dir: Data folder holding ``MNIST/raw/`` (None: ``$MACHLITE_DATA_DIR`` or
+            ``~/.cache/machlite``).
+        batch_size: Training batch size.
+        eval_batch_size: Batch size for validation, test and predict.
+        val_size: Number of training images held out for validation (1 to 59,999).
+        seed: Seed of the validation split and of the per-epoch training order.
+    """
+
+    num_classes = 10
+    input_shape = (1, 28, 28)
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(data_dir, batch_size, eval_batch_size, seed)
+        if not 0 < val_size < MNIST_TRAIN_SIZE:
+            raise ConfigError(f"data.val_size must be in [1, {MNIST_TRAIN_SIZE - 1}], got {val_size}")
+        self.val_size = val_size
+
+    @property
+    def raw_folder(self) -> Path:
+        """Where the four files go: ``data_dir/MNIST/raw``, as in torchvision."""
+        return self.data_dir / "MNIST" / "raw"
+
+    def _offline_hint(self) -> str:
+        names = ", ".join(name for name, _, _ in MNIST_FILES)
+        return f"Offline: copy the four MNIST files ({names}) into {self.raw_folder}/"
+
+    def prepare_data(self) -> None:
+        """Make sure the four files are unpacked and intact; download what is missing.
+
+        Safe to run twice: an unpacked file of the right size is kept, a ``.gz`` present is
+        checked against its MD5 and unpacked, and only a missing one is downloaded.
+        """
+        try:
+            self.raw_folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DataError(f"cannot create the MNIST folder {self.raw_folder}: {err}") from err
+        for name, md5, size in MNIST_FILES:
+            gz = self.raw_folder / name
+            raw = gz.with_suffix("")
+            if raw.is_file() and raw.stat().st_size == size:
+                continue
+            if not gz.exists():
+                try:
+                    download(MNIST_MIRROR + name, gz, verify=lambda p, n=name, m=md5: self._check(p, n, m))
+                except DataError as err:
+                    raise DataError(
+                        f"MNIST file {gz} is missing and {err}. {self._offline_hint()}"
+                    ) from err
+            self._check(gz, name, md5)
+            self._unpack(gz, raw, size)
+
+    def _check(self, path: Path, name: str, md5: str) -> None:
+        actual = md5sum(path)
+        if actual != md5:
+            raise DataError(
+                f"MNIST file {self.raw_folder / name} is corrupt (md5 {actual}, expected {md5}): "
+                f"delete it and run again. {self._offline_hint()}"
+            )
+
+    def _unpack(self, gz: Path, raw: Path, size: int) -> None:
+        tmp = raw.with_name(f"{raw.name}.{os.getpid()}.tmp")
+        try:
+            with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            if tmp.stat().st_size != size:
+                raise DataError(f"MNIST file {gz} unpacks to the wrong size: delete it and run again")
+            os.replace(tmp, raw)
+        except (OSError, EOFError) as err:
+            raise DataError(f"cannot unpack MNIST file {gz} ({err}): delete it and run again") from err
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def normalise(images: torch.Tensor) -> torch.Tensor:
+        """Turn uint8 [N, 28, 28] images into normalised float [N, 1, 28, 28] tensors."""
+        return ((images.float() / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+
+    def load_splits(self) -> dict[str, Split]:
+        """Read the files with torchvision's MNIST and split off the validation images."""
+        self.prepare_data()
+        try:
+            train = MNIST(str(self.data_dir), train=True, download=False)
+            test = MNIST(str(self.data_dir), train=False, download=False)
+        except RuntimeError as err:
+            raise DataError(f"cannot read MNIST from {self.raw_folder}: {err}") from err
+        x, y = self.normalise(train.data), train.targets.long()
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
+        val_idx, train_idx = perm[: self.val_size].sort().values, perm[self.val_size :].sort().values
+        return {
+            "train": (x[train_idx], y[train_idx]),
+            "val": (x[val_idx], y[val_idx]),
+            "test": (self.normalise(test.data), test.targets.long()),
+        }

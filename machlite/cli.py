@@ -1,0 +1,151 @@
+"""The ``machlite`` command: a LightningCLI (fit, validate, test, predict) plus ``models``.
+
+    machlite fit --config configs/jsc_will.yaml
+    machlite fit --config configs/jsc_tiny.yaml --data.batch_size 64 --optimizer.lr 1e-3
+    machlite test --config configs/jsc_tiny.yaml --ckpt_path runs/jsc_tiny/version_0/checkpoints/last.ckpt
+    machlite models
+"""
+
+import re
+import sys
+import warnings
+from typing import Any
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from machlite.callbacks import HParamsLogger, PredictionWriter, RunReport
+from machlite.datasets import InMemoryDataModule
+from machlite.errors import MachliteError
+from machlite.models import NETWORKS, count_parameters
+from machlite.module import Classifier
+
+DESCRIPTION = """machlite: train small networks (JSC-Tiny/Toy/Will, the MNIST CNN) with Lightning.
+Subcommands: fit, validate, test, predict (below), and `machlite models` to list the networks
+with their parameter counts. Start with: machlite fit --config configs/jsc_will.yaml"""
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            name = prefix if key == "init_args" else f"{prefix}.{key}" if prefix else key
+            _flatten(name, sub, out)
+    elif isinstance(value, bool | int | float | str):
+        out[prefix] = value
+    elif value is not None:
+        out[prefix] = str(value)
+
+
+class MachliteCLI(LightningCLI):
+    """LightningCLI with machlite's defaults: runs under ``runs/<experiment>/version_N`` with a
+    TensorBoard logger, best and last checkpoints, linked data/model shapes, and a run report."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument(
+            "--experiment",
+            type=str | None,
+            default=None,
+            help="Experiment name: runs go to RUNS_DIR/EXPERIMENT/version_N "
+            "(default: the network's name; '_synthetic' is appended for synthetic data)",
+        )
+        parser.add_argument(
+            "--runs_dir", type=str, default="runs", help="Folder holding all experiments"
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/acc",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:02d}-val_acc{val/acc:.4f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
+
+    def experiment_name(self) -> str:
+        """The configured experiment name, or the network's; tagged for synthetic data."""
+        name = self._get(self.config, "experiment")
+        if not name:
+            name = type(self.model.network).__name__.lower()
+        tag = getattr(self.datamodule, "run_tag", "")
+        if tag and tag not in name:
+            name = f"{name}_{tag}"
+        return name
+
+    def hparams(self) -> dict[str, Any]:
+        """The run's settings, flattened for TensorBoard's HPARAMS tab."""
+        config = self._config_dict()
+        out: dict[str, Any] = {}
+        for key in ("model", "data", "optimizer", "lr_scheduler", "seed_everything"):
+            if key in config:
+                _flatten(key, config[key], out)
+        trainer = config.get("trainer", {})
+        for key in ("max_epochs", "precision", "accelerator"):
+            if trainer.get(key) is not None:
+                out[f"trainer.{key}"] = str(trainer[key]) if key != "max_epochs" else trainer[key]
+        return out
+
+    def _config_dict(self) -> dict[str, Any]:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        return config.as_dict()
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """Add the TensorBoard logger (unless configured otherwise) and machlite's callbacks."""
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = TensorBoardLogger(
+                save_dir=self._get(self.config, "runs_dir"),
+                name=self.experiment_name(),
+                default_hp_metric=False,
+            )
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.extend([RunReport(), HParamsLogger(self.hparams())])
+        if self.subcommand == "predict":
+            trainer.callbacks.append(PredictionWriter())
+        return trainer
+
+
+def print_models() -> None:
+    """Print every network with its parameter count."""
+    print(f"{'network':<10} {'params':>9}  {'import':<30} description")
+    for name, cls in NETWORKS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        doc = re.sub(r"\s*\([\d,]+ parameters\)\.?$", "", doc)
+        params = count_parameters(cls())
+        print(f"{name:<10} {params:>9,}  {'machlite.models.' + name:<30} {doc}")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the ``machlite`` command with ``args`` (default: the process's arguments).
+
+    User mistakes (bad data files, bad values) end with a one-line message on stderr and a
+    nonzero exit code instead of a traceback.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["models"]:
+        print_models()
+        return
+    warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
+    try:
+        MachliteCLI(
+            model_class=Classifier,
+            datamodule_class=InMemoryDataModule,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            parser_kwargs={"description": DESCRIPTION},
+            args=argv,
+        )
+    except MachliteError as err:
+        print(f"machlite: error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except MisconfigurationException as err:
+        print(f"machlite: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The JSC networks (jet substructure classification, 16 features, 5 classes).
+
+Layer for layer as in machop (MASE) and the lab report. They end in ReLU on the logits, like
+the originals: a faithful reproduction keeps it (see docs/networks.md).
+"""
+
+from torch import Tensor, nn
+
+
+def _check_sizes(in_features: int, num_classes: int) -> None:
+    if in_features < 1 or num_classes < 2:
+        raise ValueError(
+            f"in_features must be >= 1 and num_classes >= 2, got {in_features} and {num_classes}"
+        )
+
+
+class JSCTiny(nn.Module):
+    """JSC-Tiny: BatchNorm1d, ReLU, Linear(16, 5), ReLU (117 parameters).
+
+    Args:
+        in_features: Number of input features (16 for JSC).
+        num_classes: Number of output classes (5 for JSC).
+    """
+
+    def __init__(self, in_features: int = 16, num_classes: int = 5) -> None:
+        super().__init__()
+        _check_sizes(in_features, num_classes)
+        self.seq_blocks = nn.Sequential(
+            nn.BatchNorm1d(in_features),
+            nn.ReLU(),
+            nn.Linear(in_features, num_classes),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the (ReLU-ed) logits for a batch of shape [N, in_features]."""
+        return self.seq_blocks(x)
+
+
+class JSCToy(nn.Module):
+    """JSC-Toy: three Linear layers of width 8 with BatchNorm and ReLU (327 parameters).
+
+    Args:
+        in_features: Number of input features (16 for JSC).
+        num_classes: Number of output classes (5 for JSC).
+    """
+
+    def __init__(self, in_features: int = 16, num_classes: int = 5) -> None:
+        super().__init__()
+        _check_sizes(in_features, num_classes)
+        self.seq_blocks = nn.Sequential(
+            nn.BatchNorm1d(in_features),
+            nn.ReLU(),
+            nn.Linear(in_features, 8),
+            nn.BatchNorm1d(8),
+            nn.ReLU(),
+            nn.Linear(8, 8),
+            nn.BatchNorm1d(8),
+            nn.ReLU(),
+            nn.Linear(8, num_classes),
+            nn.BatchNorm1d(num_classes),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the (ReLU-ed) logits for a batch of shape [N, in_features]."""
+        return self.seq_blocks(x)
+
+
+class JSCWill(nn.Module):
+    """JSC-Will, the lab report's "10x JSC-Toy" network (3,231 parameters).
+
+    Widths 32, 48, 16 with BatchNorm, ReLU and one Dropout(0.5).
+
+    Args:
+        in_features: Number of input features (16 for JSC).
+        num_classes: Number of output classes (5 for JSC).
+        dropout: Dropout probability before the third Linear layer (0.5 in the original).
+    """
+
+    def __init__(self, in_features: int = 16, num_classes: int = 5, dropout: float = 0.5) -> None:
+        super().__init__()
+        _check_sizes(in_features, num_classes)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.seq_blocks = nn.Sequential(
+            nn.BatchNorm1d(in_features),
+            nn.ReLU(),
+            nn.Linear(in_features, 32),
+            nn.BatchNorm1d(32),
+            nn.ReLU(),
+            nn.Linear(32, 48),
+            nn.BatchNorm1d(48),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(48, 16),
+            nn.BatchNorm1d(16),
+            nn.ReLU(),
+            nn.Linear(16, num_classes),
+            nn.BatchNorm1d(num_classes),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the (ReLU-ed) logits for a batch of shape [N, in_features]."""
+        return self.seq_blocks(x)

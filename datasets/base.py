@@ -8,6 +8,7 @@ from torch import Tensor
 
 from machlite.errors import ConfigError
 from machlite.paths import resolve_data_dir
+from machlite.types import PositiveInt
 
 from .loader import InMemoryLoader
 
@@ -38,8 +39,8 @@ class InMemoryDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str | None = None,
-        batch_size: int = 256,
-        eval_batch_size: int = 1024,
+        batch_size: PositiveInt = 256,
+        eval_batch_size: PositiveInt = 1024,
         seed: int = 0,
     ) -> None:
         super().__init__()

@@ -21,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 
 from machlite.download import download
 from machlite.errors import ConfigError, DataError
+from machlite.types import AtLeast100, Fraction, PositiveInt
 
 from .base import InMemoryDataModule, Split
 from .jsc_format import FEATURES, JSC_FILENAME, JSC_URL, read_jsc_table, verify_jsc_file
@@ -96,11 +97,11 @@ class JSCDataModule(InMemoryDataModule):
         self,
         data_dir: str | None = None,
         source: Literal["cernbox", "synthetic"] = "cernbox",
-        batch_size: int = 256,
-        eval_batch_size: int = 4096,
-        val_fraction: float = 0.1,
+        batch_size: PositiveInt = 256,
+        eval_batch_size: PositiveInt = 4096,
+        val_fraction: Fraction = 0.1,
         seed: int = 0,
-        synthetic_jets: int = 100_000,
+        synthetic_jets: AtLeast100 = 100_000,
     ) -> None:
         super().__init__(data_dir, batch_size, eval_batch_size, seed)
         if source not in ("cernbox", "synthetic"):

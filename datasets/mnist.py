@@ -10,6 +10,7 @@ from torchvision.datasets import MNIST
 
 from machlite.download import download, md5sum
 from machlite.errors import ConfigError, DataError
+from machlite.types import PositiveInt
 
 from .base import InMemoryDataModule, Split
 
@@ -50,9 +51,9 @@ class MNISTDataModule(InMemoryDataModule):
     def __init__(
         self,
         data_dir: str | None = None,
-        batch_size: int = 64,
-        eval_batch_size: int = 1000,
-        val_size: int = 5000,
+        batch_size: PositiveInt = 64,
+        eval_batch_size: PositiveInt = 1000,
+        val_size: PositiveInt = 5000,
         seed: int = 0,
     ) -> None:
         super().__init__(data_dir, batch_size, eval_batch_size, seed)

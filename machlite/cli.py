@@ -33,7 +33,8 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
             name = prefix if key == "init_args" else f"{prefix}.{key}" if prefix else key
             _flatten(name, sub, out)
     elif isinstance(value, bool | int | float | str):
-        out[prefix] = value
+        # plain types: jsonargparse's restricted types (PositiveInt...) are subclasses
+        out[prefix] = next(t for t in (bool, int, float, str) if isinstance(value, t))(value)
     elif value is not None:
         out[prefix] = str(value)
 

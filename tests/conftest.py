@@ -1,0 +1,47 @@
+"""Shared fixtures. Tests never touch the network: downloads are disabled for every test."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from machlite.datasets.jsc_synthetic import write_synthetic_jsc
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+CONFIGS = REPO / "configs"
+MNIST_GZ = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+@pytest.fixture(autouse=True)
+def _offline_and_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No downloads, no writes to the user's cache, and runs/ inside tmp_path."""
+    monkeypatch.setenv("MACHLITE_OFFLINE", "1")
+    monkeypatch.setenv("MACHLITE_DATA_DIR", str(tmp_path / "default_data"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data_dir holding the real MNIST files in torchvision's layout (skips if absent)."""
+    if not all((SHARED_MNIST / name).is_file() for name in MNIST_GZ):
+        pytest.skip(f"real MNIST copy not found in {SHARED_MNIST} (needs ../shared/data/mnist)")
+    root = tmp_path_factory.mktemp("mnist")
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_GZ:
+        shutil.copy(SHARED_MNIST / name, raw / name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def jsc_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data_dir with a small synthetic JSC file where JSCDataModule(source=synthetic) looks."""
+    root = tmp_path_factory.mktemp("jsc")
+    write_synthetic_jsc(root / "jsc" / "jsc_synthetic_3000.h5", 3000)
+    return root

@@ -1,0 +1,175 @@
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from machlite.cli import main
+
+from .conftest import CONFIGS
+
+JSC_CONFIGS = sorted(p.name for p in CONFIGS.glob("jsc_*.yaml"))
+MNIST_CONFIGS = sorted(p.name for p in CONFIGS.glob("mnist*.yaml"))
+
+
+def run(args: list[str]) -> int:
+    """Call the entrypoint in-process; return its exit code (0 when it returns)."""
+    try:
+        main(args)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    return 0
+
+
+def synthetic(jsc_data_dir: Path) -> list[str]:
+    return ["--data.source", "synthetic", "--data.data_dir", str(jsc_data_dir),
+            "--data.synthetic_jets", "3000"]
+
+
+def test_every_config_is_covered() -> None:
+    assert set(JSC_CONFIGS) | set(MNIST_CONFIGS) == {p.name for p in CONFIGS.glob("*.yaml")}
+    assert {"jsc_tiny.yaml", "jsc_toy.yaml", "jsc_will.yaml", "mnist.yaml",
+            "mnist_graphcore.yaml"} <= set(JSC_CONFIGS + MNIST_CONFIGS)
+
+
+@pytest.mark.parametrize("config", JSC_CONFIGS)
+def test_jsc_config_runs(config: str, jsc_data_dir: Path) -> None:
+    args = ["fit", "--config", str(CONFIGS / config), "--trainer.fast_dev_run", "2",
+            "--trainer.accelerator", "cpu", *synthetic(jsc_data_dir)]
+    assert run(args) == 0
+
+
+@pytest.mark.parametrize("config", MNIST_CONFIGS)
+def test_mnist_config_runs(config: str, mnist_dir: Path) -> None:
+    args = ["fit", "--config", str(CONFIGS / config), "--trainer.fast_dev_run", "2",
+            "--trainer.accelerator", "cpu", "--data.data_dir", str(mnist_dir)]
+    assert run(args) == 0
+
+
+def test_bad_key_and_bad_value_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(CONFIGS / "jsc_tiny.yaml")
+    assert run(["fit", "--config", config, "--data.batch_sise", "64"]) == 2
+    assert "batch_sise" in capsys.readouterr().err
+    assert run(["fit", "--config", config, "--data.batch_size", "many"]) == 2
+    assert "batch_size" in capsys.readouterr().err
+    assert run(["fit", "--config", config, "--data.batch_size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size" in err and "PositiveInt" in err and "Traceback" not in err
+    assert run(["fit", "--config", config, "--data.val_fraction", "1.5"]) == 2
+    assert "v<1.0" in capsys.readouterr().err
+    assert run(["fit", "--config", config, "--optimizer.lr", "fast"]) == 2
+    assert "lr" in capsys.readouterr().err
+
+
+def test_network_that_does_not_fit_the_data_exits_2(
+    jsc_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["fit", "--config", str(CONFIGS / "jsc_tiny.yaml"), *synthetic(jsc_data_dir),
+            "--model.network", "machlite.models.MNISTNet"]
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("machlite: error: network MNISTNet does not accept inputs")
+    assert len(err.splitlines()) == 1
+
+
+def test_main_job_offline_stops_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["fit", "--config", str(CONFIGS / "jsc_will.yaml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("machlite: error: JSC file ")
+    assert "cernbox.cern.ch" in err[0] and "--data.source synthetic" in err[0]
+
+
+def test_print_config_shows_linked_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["fit", "--config", str(CONFIGS / "jsc_will.yaml"), "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert "machlite.models.JSCWill" in out and "batch_size: 256" in out
+    assert "lr: 0.001" in out
+
+
+def _train_size(jsc_data_dir: Path) -> int:
+    from machlite.datasets import JSCDataModule
+
+    dm = JSCDataModule(data_dir=str(jsc_data_dir), source="synthetic", synthetic_jets=3000)
+    dm.setup()
+    return len(dm.splits["train"][1])
+
+
+def _fit_two_epochs(jsc_data_dir: Path) -> Path:
+    args = ["fit", "--config", str(CONFIGS / "jsc_tiny.yaml"), *synthetic(jsc_data_dir),
+            "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1",
+            "--trainer.accelerator", "cpu", "--experiment", "two"]
+    assert run(args) == 0
+    runs = sorted(Path("runs/two_synthetic").glob("version_*"))
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_two_epoch_fit_writes_curves_tensorboard_can_read(jsc_data_dir: Path) -> None:
+    run_dir = _fit_two_epochs(jsc_data_dir)
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((run_dir / "checkpoints").glob("best-*.ckpt"))) == 1
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/acc", "train/lr", "train/loss_epoch", "val/loss",
+            "val/acc"} <= tags
+    # 3000 synthetic jets, deduplicated, 80% train part, 90% of it trains, in batches of 256
+    steps_per_epoch = -(-_train_size(jsc_data_dir) // 256)
+    train_points = [e.step for e in acc.Scalars("train/loss")]
+    assert train_points == list(range(2 * steps_per_epoch))  # log_every_n_steps=1
+    assert len(acc.Scalars("val/loss")) == len(acc.Scalars("val/acc")) == 2
+    assert len(acc.Scalars("train/loss_epoch")) == 2
+    # the HPARAMS tab: hyperparameters with the final metrics
+    content = acc.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    hparams = session.session_start_info.hparams
+    assert hparams["data.batch_size"].number_value == 256
+    assert hparams["optimizer.lr"].number_value == pytest.approx(1e-3)
+    assert "hp/best_val_acc" in tags and "hp/val_acc" in tags
+
+
+def _tag_as_cuda(src: Path, dst: Path) -> None:
+    """Rewrite a checkpoint so its tensors claim to live on cuda:0, as a GPU run saves them."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                assert b"X\x03\x00\x00\x00cpu" in data
+                data = data.replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+            zout.writestr(item, data)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_checkpoint_tests_on_cpu(
+    jsc_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = _fit_two_epochs(jsc_data_dir)
+    gpu_ckpt = run_dir / "gpu.ckpt"
+    _tag_as_cuda(run_dir / "checkpoints" / "last.ckpt", gpu_ckpt)
+    with pytest.raises(RuntimeError, match="CUDA"):
+        torch.load(io.BytesIO(gpu_ckpt.read_bytes()), weights_only=False)
+    capsys.readouterr()
+    args = ["test", "--config", str(CONFIGS / "jsc_tiny.yaml"), *synthetic(jsc_data_dir),
+            "--experiment", "two", "--ckpt_path", str(gpu_ckpt)]
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    assert "test/acc" in out
+
+
+def test_predict_writes_classes_and_probabilities(jsc_data_dir: Path) -> None:
+    run_dir = _fit_two_epochs(jsc_data_dir)
+    args = ["predict", "--config", str(CONFIGS / "jsc_tiny.yaml"), *synthetic(jsc_data_dir),
+            "--experiment", "two", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")]
+    assert run(args) == 0
+    out_file = sorted(Path("runs/two_synthetic").glob("version_*/predictions.csv"))[-1]
+    with open(out_file) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) > 100
+    for row in rows[:50]:
+        probs = [float(row[f"prob_{k}"]) for k in range(5)]
+        assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+        assert int(row["class"]) == max(range(5), key=probs.__getitem__)

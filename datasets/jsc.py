@@ -116,7 +116,7 @@ class JSCDataModule(InMemoryDataModule):
 
     @property
     def run_tag(self) -> str:
-        """"synthetic" for synthetic data, so run names and logs say so."""
+        """ "synthetic" for synthetic data, so run names and logs say so."""
         return "synthetic" if self.source == "synthetic" else ""
 
     @property
@@ -151,7 +151,9 @@ class JSCDataModule(InMemoryDataModule):
         path = self.file_path
         if self.source == "synthetic":
             if not path.exists():
-                log.info("Writing a SYNTHETIC JSC file with %d jets to %s", self.synthetic_jets, path)
+                log.info(
+                    "Writing a SYNTHETIC JSC file with %d jets to %s", self.synthetic_jets, path
+                )
                 write_synthetic_jsc(path, self.synthetic_jets)
         elif not path.exists():
             self._download(path)

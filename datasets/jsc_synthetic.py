@@ -49,9 +49,10 @@ def synthetic_jets(num_jets: int, seed: int = 0) -> np.ndarray:
     rows = np.concatenate([np.arange(n_unique), rng.integers(0, n_unique, size=n_dup)])
     rng.shuffle(rows)
     names = FEATURES + LABELS + EXTRA_FIELDS
-    dtype = np.dtype([(c, np.float32) for c in names[:-3]] + [
-        ("j_index", np.int64), ("j_pt", np.float32), ("j_eta", np.float32)
-    ])
+    dtype = np.dtype(
+        [(c, np.float32) for c in names[:-3]]
+        + [("j_index", np.int64), ("j_pt", np.float32), ("j_eta", np.float32)]
+    )
     table = np.zeros(num_jets, dtype=dtype)
     for i, c in enumerate(FEATURES):
         table[c] = features[rows, i]

@@ -58,7 +58,9 @@ class MNISTDataModule(InMemoryDataModule):
     ) -> None:
         super().__init__(data_dir, batch_size, eval_batch_size, seed)
         if not 0 < val_size < MNIST_TRAIN_SIZE:
-            raise ConfigError(f"data.val_size must be in [1, {MNIST_TRAIN_SIZE - 1}], got {val_size}")
+            raise ConfigError(
+                f"data.val_size must be in [1, {MNIST_TRAIN_SIZE - 1}], got {val_size}"
+            )
         self.val_size = val_size
 
     @property
@@ -87,7 +89,11 @@ class MNISTDataModule(InMemoryDataModule):
                 continue
             if not gz.exists():
                 try:
-                    download(MNIST_MIRROR + name, gz, verify=lambda p, n=name, m=md5: self._check(p, n, m))
+                    download(
+                        MNIST_MIRROR + name,
+                        gz,
+                        verify=lambda p, n=name, m=md5: self._check(p, n, m),
+                    )
                 except DataError as err:
                     raise DataError(
                         f"MNIST file {gz} is missing and {err}. {self._offline_hint()}"
@@ -109,10 +115,14 @@ class MNISTDataModule(InMemoryDataModule):
             with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             if tmp.stat().st_size != size:
-                raise DataError(f"MNIST file {gz} unpacks to the wrong size: delete it and run again")
+                raise DataError(
+                    f"MNIST file {gz} unpacks to the wrong size: delete it and run again"
+                )
             os.replace(tmp, raw)
         except (OSError, EOFError) as err:
-            raise DataError(f"cannot unpack MNIST file {gz} ({err}): delete it and run again") from err
+            raise DataError(
+                f"cannot unpack MNIST file {gz} ({err}): delete it and run again"
+            ) from err
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -131,7 +141,10 @@ class MNISTDataModule(InMemoryDataModule):
             raise DataError(f"cannot read MNIST from {self.raw_folder}: {err}") from err
         x, y = self.normalise(train.data), train.targets.long()
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
-        val_idx, train_idx = perm[: self.val_size].sort().values, perm[self.val_size :].sort().values
+        val_idx, train_idx = (
+            perm[: self.val_size].sort().values,
+            perm[self.val_size :].sort().values,
+        )
         return {
             "train": (x[train_idx], y[train_idx]),
             "val": (x[val_idx], y[val_idx]),

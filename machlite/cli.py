@@ -1,9 +1,9 @@
 """The ``machlite`` command: a LightningCLI (fit, validate, test, predict) plus ``models``.
 
-    machlite fit --config configs/jsc_will.yaml
-    machlite fit --config configs/jsc_tiny.yaml --data.batch_size 64 --optimizer.lr 1e-3
-    machlite test --config configs/jsc_tiny.yaml --ckpt_path runs/jsc_tiny/version_0/checkpoints/last.ckpt
-    machlite models
+machlite fit --config configs/jsc_will.yaml
+machlite fit --config configs/jsc_tiny.yaml --data.batch_size 64 --optimizer.lr 1e-3
+machlite test --config configs/jsc_tiny.yaml --ckpt_path PATH/TO/last.ckpt
+machlite models
 """
 
 import re
@@ -138,7 +138,7 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_data=True,
             seed_everything_default=0,
             parser_kwargs={"description": DESCRIPTION},
-            args=argv,
+            args=args,  # None: LightningCLI reads sys.argv itself
         )
     except MachliteError as err:
         print(f"machlite: error: {err}", file=sys.stderr)

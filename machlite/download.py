@@ -54,7 +54,9 @@ def download(
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"Downloading {dest.name}") as bar:
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc=f"Downloading {dest.name}"
+            ) as bar:
                 while block := response.read(1 << 20):
                     out.write(block)
                     bar.update(len(block))

@@ -26,27 +26,55 @@ def run(args: list[str]) -> int:
 
 
 def synthetic(jsc_data_dir: Path) -> list[str]:
-    return ["--data.source", "synthetic", "--data.data_dir", str(jsc_data_dir),
-            "--data.synthetic_jets", "3000"]
+    return [
+        "--data.source",
+        "synthetic",
+        "--data.data_dir",
+        str(jsc_data_dir),
+        "--data.synthetic_jets",
+        "3000",
+    ]
 
 
 def test_every_config_is_covered() -> None:
     assert set(JSC_CONFIGS) | set(MNIST_CONFIGS) == {p.name for p in CONFIGS.glob("*.yaml")}
-    assert {"jsc_tiny.yaml", "jsc_toy.yaml", "jsc_will.yaml", "mnist.yaml",
-            "mnist_graphcore.yaml"} <= set(JSC_CONFIGS + MNIST_CONFIGS)
+    assert {
+        "jsc_tiny.yaml",
+        "jsc_toy.yaml",
+        "jsc_will.yaml",
+        "mnist.yaml",
+        "mnist_graphcore.yaml",
+    } <= set(JSC_CONFIGS + MNIST_CONFIGS)
 
 
 @pytest.mark.parametrize("config", JSC_CONFIGS)
 def test_jsc_config_runs(config: str, jsc_data_dir: Path) -> None:
-    args = ["fit", "--config", str(CONFIGS / config), "--trainer.fast_dev_run", "2",
-            "--trainer.accelerator", "cpu", *synthetic(jsc_data_dir)]
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / config),
+        "--trainer.fast_dev_run",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        *synthetic(jsc_data_dir),
+    ]
     assert run(args) == 0
 
 
 @pytest.mark.parametrize("config", MNIST_CONFIGS)
 def test_mnist_config_runs(config: str, mnist_dir: Path) -> None:
-    args = ["fit", "--config", str(CONFIGS / config), "--trainer.fast_dev_run", "2",
-            "--trainer.accelerator", "cpu", "--data.data_dir", str(mnist_dir)]
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / config),
+        "--trainer.fast_dev_run",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--data.data_dir",
+        str(mnist_dir),
+    ]
     assert run(args) == 0
 
 
@@ -68,8 +96,14 @@ def test_bad_key_and_bad_value_exit_2(capsys: pytest.CaptureFixture[str]) -> Non
 def test_network_that_does_not_fit_the_data_exits_2(
     jsc_data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["fit", "--config", str(CONFIGS / "jsc_tiny.yaml"), *synthetic(jsc_data_dir),
-            "--model.network", "machlite.models.MNISTNet"]
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "jsc_tiny.yaml"),
+        *synthetic(jsc_data_dir),
+        "--model.network",
+        "machlite.models.MNISTNet",
+    ]
     assert run(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("machlite: error: network MNISTNet does not accept inputs")
@@ -99,9 +133,20 @@ def _train_size(jsc_data_dir: Path) -> int:
 
 
 def _fit_two_epochs(jsc_data_dir: Path) -> Path:
-    args = ["fit", "--config", str(CONFIGS / "jsc_tiny.yaml"), *synthetic(jsc_data_dir),
-            "--trainer.max_epochs", "2", "--trainer.log_every_n_steps", "1",
-            "--trainer.accelerator", "cpu", "--experiment", "two"]
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / "jsc_tiny.yaml"),
+        *synthetic(jsc_data_dir),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--experiment",
+        "two",
+    ]
     assert run(args) == 0
     runs = sorted(Path("runs/two_synthetic").glob("version_*"))
     assert len(runs) == 1
@@ -115,8 +160,14 @@ def test_two_epoch_fit_writes_curves_tensorboard_can_read(jsc_data_dir: Path) ->
     assert len(list((run_dir / "checkpoints").glob("best-*.ckpt"))) == 1
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0}).Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train/loss", "train/acc", "train/lr", "train/loss_epoch", "val/loss",
-            "val/acc"} <= tags
+    assert {
+        "train/loss",
+        "train/acc",
+        "train/lr",
+        "train/loss_epoch",
+        "val/loss",
+        "val/acc",
+    } <= tags
     # 3000 synthetic jets, deduplicated, 80% train part, 90% of it trains, in batches of 256
     steps_per_epoch = -(-_train_size(jsc_data_dir) // 256)
     train_points = [e.step for e in acc.Scalars("train/loss")]
@@ -153,8 +204,16 @@ def test_gpu_checkpoint_tests_on_cpu(
     with pytest.raises(RuntimeError, match="CUDA"):
         torch.load(io.BytesIO(gpu_ckpt.read_bytes()), weights_only=False)
     capsys.readouterr()
-    args = ["test", "--config", str(CONFIGS / "jsc_tiny.yaml"), *synthetic(jsc_data_dir),
-            "--experiment", "two", "--ckpt_path", str(gpu_ckpt)]
+    args = [
+        "test",
+        "--config",
+        str(CONFIGS / "jsc_tiny.yaml"),
+        *synthetic(jsc_data_dir),
+        "--experiment",
+        "two",
+        "--ckpt_path",
+        str(gpu_ckpt),
+    ]
     assert run(args) == 0
     out = capsys.readouterr().out
     assert "test/acc" in out
@@ -162,8 +221,16 @@ def test_gpu_checkpoint_tests_on_cpu(
 
 def test_predict_writes_classes_and_probabilities(jsc_data_dir: Path) -> None:
     run_dir = _fit_two_epochs(jsc_data_dir)
-    args = ["predict", "--config", str(CONFIGS / "jsc_tiny.yaml"), *synthetic(jsc_data_dir),
-            "--experiment", "two", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt")]
+    args = [
+        "predict",
+        "--config",
+        str(CONFIGS / "jsc_tiny.yaml"),
+        *synthetic(jsc_data_dir),
+        "--experiment",
+        "two",
+        "--ckpt_path",
+        str(run_dir / "checkpoints" / "last.ckpt"),
+    ]
     assert run(args) == 0
     out_file = sorted(Path("runs/two_synthetic").glob("version_*/predictions.csv"))[-1]
     with open(out_file) as f:

@@ -59,17 +59,26 @@ def test_preprocessing_matches_the_reference_recipe(jsc_data_dir: Path) -> None:
     held = preprocess(path, val_fraction=0.1, seed=0)
     assert len(held["y_val"]) == round(0.1 * len(ref_y_train))
     np.testing.assert_allclose(
-        _sorted_rows(np.concatenate([held["x_train"], held["x_val"]]),
-                     np.concatenate([held["y_train"], held["y_val"]])),
-        _sorted_rows(ref_x_train, ref_y_train), rtol=1e-5, atol=1e-5,
+        _sorted_rows(
+            np.concatenate([held["x_train"], held["x_val"]]),
+            np.concatenate([held["y_train"], held["y_val"]]),
+        ),
+        _sorted_rows(ref_x_train, ref_y_train),
+        rtol=1e-5,
+        atol=1e-5,
     )
     other_seed = preprocess(path, val_fraction=0.1, seed=1)
     assert not np.array_equal(other_seed["y_val"], held["y_val"])
 
 
 def test_second_setup_uses_the_cache(jsc_data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    dm = JSCDataModule(data_dir=str(jsc_data_dir), source="synthetic", synthetic_jets=3000,
-                       val_fraction=0.2, seed=5)
+    dm = JSCDataModule(
+        data_dir=str(jsc_data_dir),
+        source="synthetic",
+        synthetic_jets=3000,
+        val_fraction=0.2,
+        seed=5,
+    )
     dm.prepare_data()
     assert dm.cache_path.exists()
 
@@ -77,13 +86,23 @@ def test_second_setup_uses_the_cache(jsc_data_dir: Path, monkeypatch: pytest.Mon
         raise AssertionError("preprocessing ran again although the cache exists")
 
     monkeypatch.setattr(jsc_module, "preprocess", fail)
-    again = JSCDataModule(data_dir=str(jsc_data_dir), source="synthetic", synthetic_jets=3000,
-                          val_fraction=0.2, seed=5)
+    again = JSCDataModule(
+        data_dir=str(jsc_data_dir),
+        source="synthetic",
+        synthetic_jets=3000,
+        val_fraction=0.2,
+        seed=5,
+    )
     again.prepare_data()
     again.setup("fit")
     assert set(again.splits) == {"train", "val", "test"}
-    different = JSCDataModule(data_dir=str(jsc_data_dir), source="synthetic",
-                              synthetic_jets=3000, val_fraction=0.1, seed=5)
+    different = JSCDataModule(
+        data_dir=str(jsc_data_dir),
+        source="synthetic",
+        synthetic_jets=3000,
+        val_fraction=0.1,
+        seed=5,
+    )
     assert different.cache_path != again.cache_path
 
 
@@ -141,8 +160,12 @@ def test_download_verifies_and_keeps_no_partial_file(
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"batch_size": 0}, "batch_size"), ({"val_fraction": 1.0}, "val_fraction"),
-     ({"val_fraction": -0.1}, "val_fraction"), ({"source": "zenodo"}, "source")],
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"val_fraction": -0.1}, "val_fraction"),
+        ({"source": "zenodo"}, "source"),
+    ],
 )
 def test_bad_values_fail_early(kwargs: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

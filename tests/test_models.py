@@ -20,7 +20,10 @@ def test_jsc_will_layers_in_order() -> None:
         + ["Dropout", "Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU"]
     )
     assert [type(m).__name__ for m in JSCTiny().seq_blocks] == [
-        "BatchNorm1d", "ReLU", "Linear", "ReLU"
+        "BatchNorm1d",
+        "ReLU",
+        "Linear",
+        "ReLU",
     ]
 
 
@@ -41,8 +44,12 @@ def test_mnist_logits_by_default_and_softmax_option() -> None:
 def test_models_command_lists_counts(capsys: pytest.CaptureFixture[str]) -> None:
     main(["models"])
     out = capsys.readouterr().out
-    for name, count in [("JSCTiny", "117"), ("JSCToy", "327"), ("JSCWill", "3,231"),
-                        ("MNISTNet", "225,034")]:
+    for name, count in [
+        ("JSCTiny", "117"),
+        ("JSCToy", "327"),
+        ("JSCWill", "3,231"),
+        ("MNISTNet", "225,034"),
+    ]:
         line = next(line for line in out.splitlines() if line.startswith(name))
         assert count in line
     assert set(NETWORKS) == {"JSCTiny", "JSCToy", "JSCWill", "MNISTNet"}

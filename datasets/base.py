@@ -90,6 +90,11 @@ class InMemoryDataModule(pl.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
+    def _steps_per_call(self) -> int:
+        trainer = self.trainer
+        module = trainer.lightning_module if trainer is not None else None
+        return int(getattr(module, "steps_per_call", 1))
+
     def _loader(self, split: str, shuffle: bool) -> InMemoryLoader:
         if split not in self.splits:
             self.setup()
@@ -102,6 +107,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             rank=rank,
             world_size=world_size,
             drop_single=shuffle,
+            batches_per_item=self._steps_per_call() if shuffle else 1,
         )
 
     def train_dataloader(self) -> InMemoryLoader:

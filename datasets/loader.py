@@ -64,7 +64,10 @@ class InMemoryLoader:
     """Iterate over ``(x, y)`` batches drawn from tensors with one index operation each.
 
     An unshuffled single-process loader yields slices (views, no copy). A trailing training
-    batch of one sample is dropped, since BatchNorm cannot train on it.
+    batch of one sample is dropped, since BatchNorm cannot train on it. With
+    ``batches_per_item`` K > 1, each item is a list of K consecutive batches of the same
+    order (the last item may hold fewer), for modules that take several optimizer steps per
+    call (``Classifier(steps_per_call=K)``).
 
     Args:
         tensors: Tensors with the same first dimension (e.g. features and labels).
@@ -74,6 +77,7 @@ class InMemoryLoader:
         rank: This process's rank (distributed training).
         world_size: Number of processes sharing the data.
         drop_single: Drop a final batch holding a single sample.
+        batches_per_item: Batches handed over per item (K); 1 yields plain batches.
     """
 
     def __init__(
@@ -85,15 +89,20 @@ class InMemoryLoader:
         rank: int = 0,
         world_size: int = 1,
         drop_single: bool = False,
+        batches_per_item: int = 1,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size < 1 or batches_per_item < 1:
+            raise ValueError(
+                f"batch_size and batches_per_item must be >= 1, got {batch_size}, "
+                f"{batches_per_item}"
+            )
         n = len(tensors[0])
         if any(len(t) != n for t in tensors):
             raise ValueError("all tensors must have the same length")
         self.tensors = tensors
         self.batch_size = batch_size
         self.drop_single = drop_single
+        self.batches_per_item = batches_per_item
         self.sampler = EpochPermutation(n, shuffle, seed, rank, world_size)
         self.batch_sampler = None  # Lightning inspects both attributes
 
@@ -105,20 +114,38 @@ class InMemoryLoader:
     def _num_samples(self) -> int:
         return len(self.sampler)
 
-    def __len__(self) -> int:
+    def num_batches(self) -> int:
+        """Number of batches per epoch (not items, when ``batches_per_item`` > 1)."""
         n = self._num_samples()
         batches = -(-n // self.batch_size)
         if self.drop_single and batches > 1 and n % self.batch_size == 1:
             batches -= 1
         return batches
 
-    def __iter__(self) -> Iterator[tuple[Tensor, ...]]:
+    def __len__(self) -> int:
+        return -(-self.num_batches() // self.batches_per_item)
+
+    def batches(self) -> Iterator[tuple[Tensor, ...]]:
+        """Yield this epoch's batches one by one."""
         contiguous = not self.sampler.shuffle and self.sampler.world_size == 1
         index = None if contiguous else self.sampler.indices().to(self.tensors[0].device)
         bs = self.batch_size
-        for b in range(len(self)):
+        for b in range(self.num_batches()):
             if index is None:
                 yield tuple(t[b * bs : (b + 1) * bs] for t in self.tensors)
             else:
                 sel = index[b * bs : (b + 1) * bs]
                 yield tuple(t[sel] for t in self.tensors)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, ...] | list[tuple[Tensor, ...]]]:
+        if self.batches_per_item == 1:
+            yield from self.batches()
+            return
+        group: list[tuple[Tensor, ...]] = []
+        for batch in self.batches():
+            group.append(batch)
+            if len(group) == self.batches_per_item:
+                yield group
+                group = []
+        if group:
+            yield group

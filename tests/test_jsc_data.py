@@ -156,6 +156,21 @@ def test_download_verifies_and_keeps_no_partial_file(
     monkeypatch.setattr(jsc_module, "JSC_URL", good.as_uri())
     dm.prepare_data()
     assert dm.file_path.read_bytes() == good.read_bytes()
+    # a second run never downloads again: a now-broken URL is not even tried
+    monkeypatch.setattr(jsc_module, "JSC_URL", bad.as_uri())
+    JSCDataModule(data_dir=str(tmp_path / "d")).prepare_data()
+    assert dm.file_path.read_bytes() == good.read_bytes()
+
+
+def test_data_dir_defaults_to_the_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MACHLITE_DATA_DIR", str(tmp_path / "env_dir"))
+    assert JSCDataModule().file_path.parent == tmp_path / "env_dir" / "jsc"
+    monkeypatch.delenv("MACHLITE_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert JSCDataModule().data_dir == tmp_path / "xdg" / "machlite"
+    assert JSCDataModule(data_dir=str(tmp_path / "x")).data_dir == tmp_path / "x"
 
 
 @pytest.mark.parametrize(

@@ -265,46 +265,47 @@ def test_fit_on_ipu_reports_ipu_and_trains(
 
 
 @pytest.mark.parametrize(
-    ("ipu_kwargs", "cpu_kwargs", "host_batches_per_epoch"),
+    ("ipu_kwargs", "cpu_kwargs", "device_steps", "global_step"),
     [
+        # 4 host batches of 8 per epoch; 2 device steps per host batch; Lightning counts 1
+        pytest.param({"device_iterations": 2}, {}, 16, 8, id="device_iterations=2"),
+        # 4 host batches of 8 per epoch; 1 device step per host batch; Lightning counts 1 per 2
         pytest.param(
-            {"devices": 1, "strategy": "device_iterations=2"}, {}, 4, id="device_iterations=2"
-        ),
-        pytest.param(
-            {"devices": 1, "accumulate_grad_batches": 2},
             {"accumulate_grad_batches": 2},
+            {"accumulate_grad_batches": 2},
+            8,
             4,
             id="gradient_accumulation=2",
         ),
-        pytest.param({"devices": 2}, {"accumulate_grad_batches": 2}, 4, id="replication=2"),
+        # 4 host batches of 2 x 4 per epoch; 1 device step per host batch
+        pytest.param({"devices": 2}, {"accumulate_grad_batches": 2}, 8, 8, id="replication=2"),
     ],
 )
 def test_ipu_weights_equal_equivalent_cpu_run(
     tmp_path: Path,
     ipu_kwargs: dict[str, Any],
     cpu_kwargs: dict[str, Any],
-    host_batches_per_epoch: int,
+    device_steps: int,
+    global_step: int,
 ) -> None:
     """The emulated device run equals the CPU run that sees the same micro-batches in order.
 
     device_iterations=2: two optimizer steps per host batch == CPU steps on each micro-batch.
     gradient accumulation / replication = 2: one step on the mean gradient of two micro-batches
-    == CPU Trainer(accumulate_grad_batches=2).
+    == CPU Trainer(accumulate_grad_batches=2). Two epochs, validation on, SGD with momentum.
     """
-    ipu_kwargs = dict(ipu_kwargs)
-    if ipu_kwargs.get("strategy") == "device_iterations=2":
-        ipu_kwargs["strategy"] = IPUStrategy(training_opts=poptorch.Options().deviceIterations(2))
+    ipu_kwargs = {"devices": 1, **ipu_kwargs}
+    device_iterations = ipu_kwargs.pop("device_iterations", None)
+    if device_iterations is not None:
+        options = poptorch.Options().deviceIterations(device_iterations)
+        ipu_kwargs["strategy"] = IPUStrategy(training_opts=options)
     ipu_model, ipu_trainer = _fit(tmp_path / "ipu", accelerator="ipu", **ipu_kwargs)
     cpu_model, _ = _fit(tmp_path / "cpu", accelerator="cpu", devices=1, **cpu_kwargs)
     _assert_same_weights(ipu_model, cpu_model)
     executor = ipu_trainer.strategy.poptorch_models[RunningStage.TRAINING]
-    assert executor._emulator_stats["optimizer_steps"] == 2 * N_SAMPLES // (2 * MICRO_BATCH)
-    # Lightning 2.0.9 counts host batches (and with accumulate_grad_batches=N, host batches / N),
-    # not the optimizer steps done on the device.
-    expected_global_step = (
-        2 * host_batches_per_epoch // ipu_kwargs.get("accumulate_grad_batches", 1)
-    )
-    assert ipu_trainer.global_step == expected_global_step
+    assert executor._emulator_stats["optimizer_steps"] == device_steps
+    # Lightning 2.0.9 counts host batches (divided by accumulate_grad_batches), not device steps
+    assert ipu_trainer.global_step == global_step
 
 
 def test_validate_and_predict_run_the_inference_executor(tmp_path: Path) -> None:

@@ -1,0 +1,137 @@
+"""Shared pieces of the epoch benchmarks: timers, the plain loop, the machop-style pipeline."""
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from torchmetrics.classification import MulticlassAccuracy
+
+from machlite.cli import MachliteCLI
+from machlite.datasets import InMemoryDataModule
+from machlite.module import Classifier
+
+
+class EpochTimer(Callback):
+    """Time from the start of the (last) training epoch to its end; validation included."""
+
+    def __init__(self) -> None:
+        self.seconds = float("nan")
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seconds = time.perf_counter() - self._start
+
+
+def machlite_epoch(args: list[str], validate: bool) -> float:
+    """One epoch of machlite's own fit (the CLI's code path, default callbacks and logging)."""
+    extra = ["--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0"]
+    if not validate:
+        extra += ["--trainer.limit_val_batches", "0"]
+    cli = MachliteCLI(
+        model_class=Classifier,
+        datamodule_class=InMemoryDataModule,
+        subclass_mode_data=True,
+        args=[*args, *extra],
+        run=False,
+    )
+    timer = EpochTimer()
+    cli.trainer.callbacks.append(timer)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return timer.seconds
+
+
+def plain_epoch(network: nn.Module, x: Tensor, y: Tensor, batch_size: int, seed: int) -> float:
+    """One epoch of a hand-written loop: Adam, one index operation per batch, no logging."""
+    torch.manual_seed(seed)
+    network.train()
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    start = time.perf_counter()
+    perm = torch.randperm(len(x))
+    for i in range(0, len(x), batch_size):
+        idx = perm[i : i + batch_size]
+        if len(idx) < 2:
+            continue
+        loss = loss_fn(network(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+class MachopStyleModule(pl.LightningModule):
+    """machop's training module, in miniature: per-step loss and accuracy logging."""
+
+    def __init__(self, network: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        self.network = network
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.acc_train = MulticlassAccuracy(num_classes)
+        self.acc_val = MulticlassAccuracy(num_classes)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        out = self.network(x)
+        loss = self.loss_fn(out, y)
+        self.acc_train(out, y)
+        self.log("train_acc", self.acc_train, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        out = self.network(x)
+        self.acc_val(out, y)
+        self.log("val_acc", self.acc_val, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val_loss", self.loss_fn(out, y), on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+def machop_style_epoch(
+    network: nn.Module, dataset: Dataset, batch_size: int, num_classes: int, log_dir: Path
+) -> float:
+    """One epoch machop's way: a map-style dataset + DataLoader (2 workers), per-step
+    logging, progress bar, and validation on the training set. Validation included."""
+    train = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2)
+    val = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=2)
+    timer = EpochTimer()
+    trainer = pl.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=pl.loggers.TensorBoardLogger(str(log_dir), name="machop_style"),
+        callbacks=[timer],
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(MachopStyleModule(network, num_classes), train, val)
+    return timer.seconds
+
+
+def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Run every variant once per round, ``repeats`` rounds; return each one's median."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(repeats):
+        for name, fn in variants.items():
+            seconds = fn()
+            times[name].append(seconds)
+            print(f"  round {round_ + 1}/{repeats} {name}: {seconds:.2f} s", flush=True)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def write_json(path: str | None, results: dict) -> None:
+    """Write the results to ``path`` as JSON (when given)."""
+    if path:
+        Path(path).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {path}")

@@ -1,0 +1,103 @@
+"""MNIST epoch benchmark: machlite vs a plain PyTorch loop vs a machop-style pipeline.
+
+Measured in ONE run, variants interleaved and repeated (median of --repeats), on the real
+MNIST files (55,000 training images):
+  (a) machlite fit (configs/mnist.yaml), default callbacks and logging, training epoch only
+  (b) the same plus validation
+  (c) a plain PyTorch loop (same network, Adam, pre-normalised tensors, one index per batch)
+  (d) machop-style: torchvision MNIST with per-sample ToTensor + Normalize transforms and a
+      DataLoader with 2 workers in a Lightning Trainer with per-step logging and progress
+      bar, validating on the training set
+at batch sizes 64 and 8.
+
+    python benchmarks/mnist_epoch.py --mnist ../shared/data/mnist --json mnist.json
+"""
+
+import argparse
+import shutil
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+from torchvision import transforms
+from torchvision.datasets import MNIST
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    interleaved,
+    machlite_epoch,
+    machop_style_epoch,
+    plain_epoch,
+    write_json,
+)
+
+from machlite.datasets import MNISTDataModule  # noqa: E402
+from machlite.datasets.mnist import MNIST_FILES, MNIST_MEAN, MNIST_STD  # noqa: E402
+from machlite.models import MNISTNet  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    """Run the benchmark and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--mnist",
+        default=str(REPO.parent / "shared" / "data" / "mnist"),
+        help="folder with the four MNIST .gz files",
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 8])
+    parser.add_argument("--json", help="write the ratios and times to this file")
+    parser.add_argument("overrides", nargs="*", help="extra machlite overrides")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="machlite-bench-"))
+    raw = work / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, _, _ in MNIST_FILES:
+        shutil.copy(Path(args.mnist) / name, raw / name)
+    dm = MNISTDataModule(data_dir=str(work / "data"))
+    dm.setup("fit")
+    x, y = dm.splits["train"]
+    pil = MNIST(
+        str(work / "data"),
+        train=True,
+        transform=transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]
+        ),
+    )
+    results: dict[str, float] = {}
+    for bs in args.batch_sizes:
+        cli_args = [
+            "--config", str(REPO / "configs" / "mnist.yaml"),
+            "--data.data_dir", str(work / "data"), "--data.batch_size", str(bs),
+            "--runs_dir", str(work / "runs"), "--trainer.accelerator", "cpu", *args.overrides,
+        ]  # fmt: skip
+        print(f"batch size {bs}:", flush=True)
+        med = interleaved(
+            {
+                "machlite_train": partial(machlite_epoch, cli_args, validate=False),
+                "machlite_train_val": partial(machlite_epoch, cli_args, validate=True),
+                "plain": lambda bs=bs: plain_epoch(MNISTNet(), x, y, bs, seed=0),
+                "machop_style": lambda bs=bs: machop_style_epoch(MNISTNet(), pil, bs, 10, work),
+            },
+            args.repeats,
+        )
+        for name, seconds in med.items():
+            results[f"mnist_bs{bs}_{name}_s"] = seconds
+        results[f"mnist_bs{bs}_machlite_over_plain"] = med["machlite_train"] / med["plain"]
+        results[f"mnist_bs{bs}_machopstyle_over_machlite"] = (
+            med["machop_style"] / med["machlite_train_val"]
+        )
+    print("\n| measure | value |\n|---|---:|")
+    for key, value in results.items():
+        print(f"| {key} | {value:.3f} |")
+    write_json(args.json, results)
+
+
+if __name__ == "__main__":
+    pl.seed_everything(0, verbose=False)
+    main()

@@ -130,8 +130,11 @@ def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def write_json(path: str | None, results: dict) -> None:
-    """Write the results to ``path`` as JSON (when given)."""
+def report(path: str | None, results: dict) -> None:
+    """Print the results as a Markdown table and write them to ``path`` as JSON (if given)."""
+    print("\n| measure | value |\n|---|---:|")
+    for key, value in results.items():
+        print(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")
     if path:
         Path(path).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         print(f"wrote {path}")

@@ -28,7 +28,7 @@ from common import (  # noqa: E402
     machlite_epoch,
     machop_style_epoch,
     plain_epoch,
-    write_json,
+    report,
 )
 
 from machlite.datasets import JSCDataModule  # noqa: E402
@@ -114,10 +114,7 @@ def main() -> None:
             med["machop_style"] / med["machlite_train_val"]
         )
 
-    print("\n| measure | value |\n|---|---:|")
-    for key, value in results.items():
-        print(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")
-    write_json(args.json, results)
+    report(args.json, results)
 
 
 if __name__ == "__main__":

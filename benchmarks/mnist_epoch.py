@@ -30,7 +30,7 @@ from common import (  # noqa: E402
     machlite_epoch,
     machop_style_epoch,
     plain_epoch,
-    write_json,
+    report,
 )
 
 from machlite.datasets import MNISTDataModule  # noqa: E402
@@ -92,10 +92,7 @@ def main() -> None:
         results[f"mnist_bs{bs}_machopstyle_over_machlite"] = (
             med["machop_style"] / med["machlite_train_val"]
         )
-    print("\n| measure | value |\n|---|---:|")
-    for key, value in results.items():
-        print(f"| {key} | {value:.3f} |")
-    write_json(args.json, results)
+    report(args.json, results)
 
 
 if __name__ == "__main__":

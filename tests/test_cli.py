@@ -47,35 +47,15 @@ def test_every_config_is_covered() -> None:
     } <= set(JSC_CONFIGS + MNIST_CONFIGS)
 
 
-@pytest.mark.parametrize("config", JSC_CONFIGS)
-def test_jsc_config_runs(config: str, jsc_data_dir: Path) -> None:
-    args = [
-        "fit",
-        "--config",
-        str(CONFIGS / config),
-        "--trainer.fast_dev_run",
-        "2",
-        "--trainer.accelerator",
-        "cpu",
-        *synthetic(jsc_data_dir),
-    ]
-    assert run(args) == 0
-
-
-@pytest.mark.parametrize("config", MNIST_CONFIGS)
-def test_mnist_config_runs(config: str, mnist_dir: Path) -> None:
-    args = [
-        "fit",
-        "--config",
-        str(CONFIGS / config),
-        "--trainer.fast_dev_run",
-        "2",
-        "--trainer.accelerator",
-        "cpu",
-        "--data.data_dir",
-        str(mnist_dir),
-    ]
-    assert run(args) == 0
+@pytest.mark.parametrize("config", JSC_CONFIGS + MNIST_CONFIGS)
+def test_config_runs(config: str, request: pytest.FixtureRequest) -> None:
+    """fast_dev_run of every config on CPU: synthetic JSC, or the real MNIST copy."""
+    if config.startswith("jsc_"):
+        data = synthetic(request.getfixturevalue("jsc_data_dir"))
+    else:
+        data = ["--data.data_dir", str(request.getfixturevalue("mnist_dir"))]
+    fast = ["--trainer.fast_dev_run", "2", "--trainer.accelerator", "cpu"]
+    assert run(["fit", "--config", str(CONFIGS / config), *fast, *data]) == 0
 
 
 def test_bad_key_and_bad_value_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

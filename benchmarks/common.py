@@ -4,6 +4,7 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -128,6 +129,42 @@ def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[
             times[name].append(seconds)
             print(f"  round {round_ + 1}/{repeats} {name}: {seconds:.2f} s", flush=True)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def compare(
+    prefix: str,
+    cli_args: list[str],
+    network: Callable[[], nn.Module],
+    x: Tensor,
+    y: Tensor,
+    machop_dataset: Dataset,
+    batch_size: int,
+    num_classes: int,
+    log_dir: Path,
+    repeats: int,
+) -> dict[str, float]:
+    """Time variants (a) to (d) interleaved at one batch size; return times and ratios.
+
+    Keys are ``{prefix}_bs{B}_{variant}_s`` (median seconds),
+    ``{prefix}_bs{B}_machlite_over_plain`` and ``{prefix}_bs{B}_machopstyle_over_machlite``.
+    """
+    print(f"batch size {batch_size}:", flush=True)
+    med = interleaved(
+        {
+            "machlite_train": partial(machlite_epoch, cli_args, validate=False),
+            "machlite_train_val": partial(machlite_epoch, cli_args, validate=True),
+            "plain": lambda: plain_epoch(network(), x, y, batch_size, seed=0),
+            "machop_style": lambda: machop_style_epoch(
+                network(), machop_dataset, batch_size, num_classes, log_dir
+            ),
+        },
+        repeats,
+    )
+    key = f"{prefix}_bs{batch_size}"
+    results = {f"{key}_{name}_s": seconds for name, seconds in med.items()}
+    results[f"{key}_machlite_over_plain"] = med["machlite_train"] / med["plain"]
+    results[f"{key}_machopstyle_over_machlite"] = med["machop_style"] / med["machlite_train_val"]
+    return results
 
 
 def report(path: str | None, results: dict) -> None:

@@ -16,7 +16,6 @@ import argparse
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -24,10 +23,8 @@ from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
+    compare,
     interleaved,
-    machlite_epoch,
-    machop_style_epoch,
-    plain_epoch,
     report,
 )
 
@@ -94,25 +91,10 @@ def main() -> None:
             "--data.batch_size", str(bs), "--runs_dir", str(work / "runs"),
             "--trainer.accelerator", "cpu", *args.overrides,
         ]  # fmt: skip
-        net = NETWORKS[args.network]
-        print(f"batch size {bs}:", flush=True)
-        med = interleaved(
-            {
-                "machlite_train": partial(machlite_epoch, cli_args, validate=False),
-                "machlite_train_val": partial(machlite_epoch, cli_args, validate=True),
-                "plain": lambda bs=bs, net=net: plain_epoch(net(), x, y, bs, seed=0),
-                "machop_style": lambda bs=bs, net=net: machop_style_epoch(
-                    net(), TensorDataset(x, y), bs, 5, work / "runs"
-                ),
-            },
-            args.repeats,
-        )
-        for name, seconds in med.items():
-            results[f"jsc_bs{bs}_{name}_s"] = seconds
-        results[f"jsc_bs{bs}_machlite_over_plain"] = med["machlite_train"] / med["plain"]
-        results[f"jsc_bs{bs}_machopstyle_over_machlite"] = (
-            med["machop_style"] / med["machlite_train_val"]
-        )
+        results |= compare(
+            "jsc", cli_args, NETWORKS[args.network], x, y, TensorDataset(x, y), bs, 5,
+            work / "runs", args.repeats,
+        )  # fmt: skip
 
     report(args.json, results)
 

@@ -17,7 +17,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -26,10 +25,7 @@ from torchvision.datasets import MNIST
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
-    interleaved,
-    machlite_epoch,
-    machop_style_epoch,
-    plain_epoch,
+    compare,
     report,
 )
 
@@ -76,21 +72,8 @@ def main() -> None:
             "--data.data_dir", str(work / "data"), "--data.batch_size", str(bs),
             "--runs_dir", str(work / "runs"), "--trainer.accelerator", "cpu", *args.overrides,
         ]  # fmt: skip
-        print(f"batch size {bs}:", flush=True)
-        med = interleaved(
-            {
-                "machlite_train": partial(machlite_epoch, cli_args, validate=False),
-                "machlite_train_val": partial(machlite_epoch, cli_args, validate=True),
-                "plain": lambda bs=bs: plain_epoch(MNISTNet(), x, y, bs, seed=0),
-                "machop_style": lambda bs=bs: machop_style_epoch(MNISTNet(), pil, bs, 10, work),
-            },
-            args.repeats,
-        )
-        for name, seconds in med.items():
-            results[f"mnist_bs{bs}_{name}_s"] = seconds
-        results[f"mnist_bs{bs}_machlite_over_plain"] = med["machlite_train"] / med["plain"]
-        results[f"mnist_bs{bs}_machopstyle_over_machlite"] = (
-            med["machop_style"] / med["machlite_train_val"]
+        results |= compare(
+            "mnist", cli_args, MNISTNet, x, y, pil, bs, 10, work / "runs", args.repeats
         )
     report(args.json, results)
 

@@ -105,12 +105,12 @@ class Classifier(pl.LightningModule):
         return self.network(x)
 
     # -- logging -----------------------------------------------------------------------------
-    def _write(self, metrics: dict[str, float]) -> None:
-        """Send scalars to every logger at the current optimizer step."""
+    def _write(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Send scalars to every logger at ``step`` (default: the current optimizer step)."""
         if self._trainer is None or self.trainer.sanity_checking:
             return
         for logger in self.loggers:
-            logger.log_metrics(metrics, step=self.global_step)
+            logger.log_metrics(metrics, step=self.global_step if step is None else step)
 
     def _train_step_done(self, step: int, loss: Tensor, out: Tensor, y: Tensor) -> None:
         """Accumulate the epoch's metrics; log the step's every ``log_every_n_steps`` steps."""
@@ -123,10 +123,7 @@ class Classifier(pl.LightningModule):
             value = loss.item()
             acc = (out.argmax(dim=1) == y).float().mean().item()
             self.log("train/loss", value, prog_bar=True, logger=False)
-            for logger in self.loggers:
-                logger.log_metrics(
-                    {"train/loss": value, "train/acc": acc, "train/lr": lr}, step=step
-                )
+            self._write({"train/loss": value, "train/acc": acc, "train/lr": lr}, step=step)
 
     def _epoch_done(self, stage: str, loss: MeanMetric, acc: MulticlassAccuracy) -> None:
         """Compute, log (at the optimizer step) and reset a stage's epoch metrics."""

@@ -24,7 +24,7 @@ from machlite.errors import ConfigError, DataError
 from machlite.types import AtLeast100, Fraction, PositiveInt
 
 from .base import InMemoryDataModule, Split
-from .jsc_format import FEATURES, JSC_FILENAME, JSC_URL, read_jsc_table, verify_jsc_file
+from .jsc_format import FEATURES, JSC_FILENAME, JSC_URL, LABELS, read_jsc_table, verify_jsc_file
 from .jsc_synthetic import write_synthetic_jsc
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,8 @@ class JSCDataModule(InMemoryDataModule):
 
     num_classes = 5
     input_shape = (len(FEATURES),)
+    #: Jet classes in label order: gluon, light quark, W, Z, top (the ``j_*`` label fields).
+    class_names = tuple(label.removeprefix("j_") for label in LABELS)
 
     def __init__(
         self,

@@ -4,11 +4,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from machlite.errors import ConfigError
+from machlite.report import confusion_figure, format_confusion, per_class_accuracy
 from machlite.types import PositiveInt
 
 Batch = tuple[Tensor, Tensor]
@@ -22,6 +24,8 @@ class Classifier(pl.LightningModule):
     ``trainer.log_every_n_steps`` optimizer steps; ``train/loss_epoch`` and
     ``train/acc_epoch`` per epoch; ``val/loss`` and ``val/acc`` per epoch; ``test/loss`` and
     ``test/acc``. Accuracies are torchmetrics' multiclass micro accuracy, one object per stage.
+    ``test`` also prints the confusion matrix with per-class accuracy, logs
+    ``test/acc_class/<class>`` scalars and a ``test/confusion_matrix`` figure.
 
     The optimizer and LR scheduler come from the config's ``optimizer:`` and
     ``lr_scheduler:`` blocks (LightningCLI); without them (or as a library) the module
@@ -71,6 +75,7 @@ class Classifier(pl.LightningModule):
         self.train_loss = MeanMetric()
         self.val_loss = MeanMetric()
         self.test_loss = MeanMetric()
+        self.test_confusion = MulticlassConfusionMatrix(num_classes, validate_args=False)
         if self.input_shape is not None:
             self.check_network()
 
@@ -172,25 +177,70 @@ class Classifier(pl.LightningModule):
         self._epoch_done("train", self.train_loss, self.train_acc)
 
     # -- evaluation --------------------------------------------------------------------------
-    def _eval_step(self, batch: Batch, loss_metric: MeanMetric, acc: MulticlassAccuracy) -> None:
+    # The steps only run the network and return its outputs with the labels; the metrics are
+    # updated on the host in the batch-end hooks. That keeps the steps traceable (IPU) and
+    # the metric state outside compiled code.
+    def _eval_step(self, batch: Batch) -> tuple[Tensor, Tensor]:
         x, y = batch
-        out = self.network(x)
+        return self.network(x), y
+
+    def _eval_update(
+        self, outputs: tuple[Tensor, Tensor], loss_metric: MeanMetric, acc: MulticlassAccuracy
+    ) -> None:
+        out, y = outputs
         loss_metric.update(self.loss_fn(out, y), weight=len(y))
         acc.update(out, y)
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """Accumulate validation loss and accuracy; logged per epoch."""
-        self._eval_step(batch, self.val_loss, self.val_acc)
+    def validation_step(self, batch: Batch, batch_idx: int) -> tuple[Tensor, Tensor]:
+        """Return the network's outputs and the labels; metrics are updated at batch end."""
+        return self._eval_step(batch)
+
+    def on_validation_batch_end(
+        self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_update(outputs, self.val_loss, self.val_acc)
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_done("val", self.val_loss, self.val_acc)
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        """Accumulate test loss and accuracy; logged at the end."""
-        self._eval_step(batch, self.test_loss, self.test_acc)
+    def test_step(self, batch: Batch, batch_idx: int) -> tuple[Tensor, Tensor]:
+        """Return the network's outputs and the labels; metrics are updated at batch end."""
+        return self._eval_step(batch)
+
+    def on_test_batch_end(
+        self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_update(outputs, self.test_loss, self.test_acc)
+        self.test_confusion.update(outputs[0], outputs[1])
 
     def on_test_epoch_end(self) -> None:
+        matrix = self.test_confusion.compute()
+        self.test_confusion.reset()
         self._epoch_done("test", self.test_loss, self.test_acc)
+        self._report_confusion(matrix)
+
+    def class_names(self) -> list[str]:
+        """Names of the classes: the datamodule's ``class_names`` if it has them, else 0..C-1."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        names = getattr(datamodule, "class_names", None)
+        if names is not None and len(names) == self.num_classes:
+            return [str(n) for n in names]
+        return [str(k) for k in range(self.num_classes)]
+
+    def _report_confusion(self, matrix: Tensor) -> None:
+        """Print the confusion matrix and per-class accuracy; log them to TensorBoard."""
+        if self._trainer is None or not self.trainer.is_global_zero:
+            return
+        names = self.class_names()
+        print(format_confusion(matrix, names), flush=True)
+        accuracy = per_class_accuracy(matrix)
+        self._write({f"test/acc_class/{n}": float(a) for n, a in zip(names, accuracy, strict=True)})
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(
+                    "test/confusion_matrix", confusion_figure(matrix, names), self.global_step
+                )
+                logger.experiment.flush()
 
     def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
         """Return the predicted ``class`` and the class ``probs`` of each sample."""

@@ -16,15 +16,18 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from machlite.accelerator import choose_accelerator, ipu_strategy
 from machlite.callbacks import HParamsLogger, PredictionWriter, RunReport
 from machlite.datasets import InMemoryDataModule
 from machlite.errors import MachliteError
 from machlite.models import NETWORKS, count_parameters
 from machlite.module import Classifier
+from machlite.types import PositiveInt
 
 DESCRIPTION = """machlite: train small networks (JSC-Tiny/Toy/Will, the MNIST CNN) with Lightning.
-Subcommands: fit, validate, test, predict (below), and `machlite models` to list the networks
-with their parameter counts. Start with: machlite fit --config configs/jsc_will.yaml"""
+Subcommands: fit, validate, test, predict (below), `machlite models` to list the networks
+with their parameter counts, `machlite sweep` (grids x seeds; see machlite sweep --help) and
+`machlite plot DIR`. Start with: machlite fit --config configs/jsc_will.yaml"""
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -54,6 +57,27 @@ class MachliteCLI(LightningCLI):
         parser.add_argument(
             "--runs_dir", type=str, default="runs", help="Folder holding all experiments"
         )
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Run folder under RUNS_DIR, used as given, e.g. 'lr=0.001/seed_0' (default: "
+            "EXPERIMENT/version_N); `machlite sweep` sets it",
+        )
+        parser.add_argument(
+            "--ipu.device_iterations",
+            type=PositiveInt,
+            default=1,
+            help="IPU only: optimizer steps (training) or batches (evaluation) the IPU runs per "
+            "host call; the Graphcore tutorial uses 50. Replication is --trainer.devices and "
+            "gradient accumulation --trainer.accumulate_grad_batches (docs/ipu.md)",
+        )
+        parser.add_argument(
+            "--ipu.ipu_model",
+            type=bool,
+            default=False,
+            help="IPU only: run on the Poplar SDK's IPU Model simulator instead of IPU hardware",
+        )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -66,6 +90,37 @@ class MachliteCLI(LightningCLI):
         )
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        """Pick the accelerator (IPU, GPU or CPU), say which and why, and adapt for IPUs."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.trainer
+        if isinstance(trainer.devices, str) and trainer.devices.isdigit():
+            trainer.devices = int(trainer.devices)  # lightning 2.0.9 gets '1' from the CLI
+        self._strategy = None
+        if not isinstance(trainer.accelerator, str):
+            return
+        accelerator, reason = choose_accelerator(trainer.accelerator)
+        print(f"machlite: accelerator {accelerator} ({reason})", flush=True)
+        trainer.accelerator = accelerator
+        if accelerator != "ipu":
+            return
+        if trainer.devices == "auto":
+            trainer.devices = 1  # Lightning would take 4 IPUs (4 replicas)
+        if config.model.steps_per_call != 1:
+            print(
+                f"machlite: model.steps_per_call {config.model.steps_per_call} -> 1 on the IPU; "
+                "use --ipu.device_iterations to run several steps per host call",
+                flush=True,
+            )
+            config.model.steps_per_call = 1
+        if trainer.strategy == "auto":
+            self._strategy = ipu_strategy(
+                config.ipu.device_iterations,
+                config.ipu.ipu_model,
+                trainer.devices,
+                trainer.accumulate_grad_batches or 1,
+            )
 
     def experiment_name(self) -> str:
         """The configured experiment name, or the network's; tagged for synthetic data."""
@@ -98,11 +153,18 @@ class MachliteCLI(LightningCLI):
         """Add the TensorBoard logger (unless configured otherwise) and machlite's callbacks."""
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True):
+            run_name = self._get(self.config, "run_name")
+            name, version = self.experiment_name(), None
+            if run_name:  # RUNS_DIR/RUN_NAME exactly: TensorBoard shows the run as RUN_NAME
+                name, _, version = run_name.strip("/").rpartition("/")
             kwargs["logger"] = TensorBoardLogger(
                 save_dir=self._get(self.config, "runs_dir"),
-                name=self.experiment_name(),
+                name=name,
+                version=version,
                 default_hp_metric=False,
             )
+        if getattr(self, "_strategy", None) is not None:
+            kwargs["strategy"] = self._strategy
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.extend([RunReport(), HParamsLogger(self.hparams())])
         if self.subcommand == "predict":
@@ -129,6 +191,15 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["models"]:
         print_models()
+        return
+    if argv[:1] in (["sweep"], ["plot"]):
+        from machlite import plot, sweep  # imported here: matplotlib only when needed
+
+        try:
+            (sweep.main if argv[0] == "sweep" else plot.main)(argv[1:])
+        except MachliteError as err:
+            print(f"machlite: error: {err}", file=sys.stderr)
+            sys.exit(err.exit_code)
         return
     warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
     try:

@@ -1,0 +1,220 @@
+"""``machlite plot RUN_OR_SWEEP_DIR``: learning-curve PNGs drawn from the event files.
+
+Each figure has two panels per row: the training loss (``train/loss``) against the
+optimizer step, and the validation accuracy (``val/acc``) against the epoch. Runs in
+``<setting>/seed_N`` folders (what ``machlite sweep`` writes) are grouped by setting: the
+line is the mean over the seeds and the shaded band spans their minimum to maximum.
+
+For a sweep, settings named ``key=value,...`` give one figure per swept parameter,
+``plots/<key>.png``: one line per value of that parameter, and one row of panels per
+combination of the other swept parameters. Any other folder (a single run, or
+``runs/<experiment>`` with several versions) gives ``plots/curves.png`` with one line per
+run.
+"""
+
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from machlite.errors import ConfigError
+from machlite.events import (
+    TRAIN_LOSS,
+    TRAIN_LOSS_EPOCH,
+    VAL_ACC,
+    RunData,
+    find_runs,
+    is_synthetic,
+    parse_setting,
+    setting_of,
+)
+
+Settings = dict[str, list[RunData]]
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a ConfigError (one line, exit 2), not usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """Raise the error for ``machlite.cli.main`` to print as one line."""
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def _sort_key(value: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, math.nan, value)
+
+
+def group_runs(runs: Sequence[RunData]) -> Settings:
+    """Group runs by setting (run name without its ``seed_N`` part), in first-seen order."""
+    settings: Settings = {}
+    for run in runs:
+        settings.setdefault(setting_of(run), []).append(run)
+    return settings
+
+
+def swept_parameters(settings: Settings) -> list[str]:
+    """The parameters whose value differs between settings named ``key=value,...``."""
+    params = [parse_setting(name) for name in settings]
+    if not params or not all(params) or any(p.keys() != params[0].keys() for p in params):
+        return []
+    return [k for k in params[0] if len({p[k] for p in params}) > 1]
+
+
+def _band(curves: list[list[tuple[float, float]]]) -> tuple[np.ndarray, ...]:
+    """x, mean, min, max over curves given as (x, y) points; x values need not all match."""
+    xs = sorted({x for curve in curves for x, _ in curve})
+    index = {x: i for i, x in enumerate(xs)}
+    table = np.full((len(curves), len(xs)), np.nan)
+    for row, curve in enumerate(curves):
+        for x, y in curve:
+            table[row, index[x]] = y
+    return np.array(xs), np.nanmean(table, 0), np.nanmin(table, 0), np.nanmax(table, 0)
+
+
+def _train_curve(run: RunData) -> list[tuple[float, float]]:
+    points = run.scalars.get(TRAIN_LOSS) or run.scalars.get(TRAIN_LOSS_EPOCH) or []
+    return [(float(step), value) for step, value, _ in points]
+
+
+def _val_curve(run: RunData) -> list[tuple[float, float]]:
+    return [(float(epoch), v) for epoch, v in enumerate(run.values(VAL_ACC), start=1)]
+
+
+def _draw(axes: Sequence, lines: list[tuple[str, list[RunData]]], colors: list) -> None:
+    """Draw train loss (axes[0]) and val accuracy (axes[1]) for each (label, runs) line."""
+    from matplotlib.ticker import MaxNLocator
+
+    for (label, runs), color in zip(lines, colors, strict=True):
+        seeds = f" ({len(runs)} seeds)" if len(runs) > 1 else ""
+        for ax, curve in ((axes[0], _train_curve), (axes[1], _val_curve)):
+            curves = [c for c in map(curve, runs) if c]
+            if not curves:
+                continue
+            x, mean, low, high = _band(curves)
+            marker = "o" if len(x) <= 20 else None
+            ax.plot(x, mean, color=color, marker=marker, markersize=3, label=label + seeds)
+            if len(curves) > 1:
+                ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
+    axes[0].set_xlabel("optimizer step")
+    axes[0].set_ylabel("training loss (cross-entropy)")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("validation accuracy")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    axes[1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    several = any(len(runs) > 1 for _, runs in lines)
+    title = "line: mean over seeds\nband: min to max" if several else None
+    axes[1].legend(fontsize="small", title=title, title_fontsize="small", loc="best")
+
+
+def _figure(
+    rows: list[tuple[str, list[tuple[str, list[RunData]]]]], title: str, colors: dict[str, object]
+) -> object:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(
+        len(rows), 2, figsize=(11, 3.6 * len(rows) + 0.6), squeeze=False, sharey="col"
+    )
+    for ax_row, (row_title, lines) in zip(axes, rows, strict=True):
+        _draw(ax_row, lines, [colors[label] for label, _ in lines])
+        if row_title:
+            ax_row[0].set_title(row_title, fontsize="medium", loc="left")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _colors(labels: list[str]) -> dict[str, object]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(labels) <= 10 else "viridis"]
+    n = max(len(labels) - 1, 1)
+    pick = (lambda i: cmap(i)) if len(labels) <= 10 else (lambda i: cmap(i / n))
+    return {label: pick(i) for i, label in enumerate(labels)}
+
+
+def plot_runs(root: Path, out_dir: Path | None = None, title: str | None = None) -> list[Path]:
+    """Draw the learning-curve PNGs for every run under ``root``.
+
+    Args:
+        root: A run folder, an experiment folder, or a sweep folder.
+        out_dir: Where the PNGs go (default: ``root/plots``).
+        title: Figure title prefix (default: the folder's name).
+
+    Returns:
+        The PNG files written.
+
+    Raises:
+        ConfigError: ``root`` holds no training runs.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a folder: give a run folder or a sweep folder")
+    runs = find_runs(root)
+    if not runs:
+        raise ConfigError(
+            f"no runs with training curves (TensorBoard event files) under {root}: "
+            "give a run folder such as runs/jsc_tiny/version_0, or a sweep folder"
+        )
+    out_dir = Path(out_dir) if out_dir is not None else root / "plots"
+    return draw(runs, out_dir, title or root.resolve().name)
+
+
+def draw(runs: Sequence[RunData], out_dir: Path, title: str) -> list[Path]:
+    """Draw the figures for ``runs`` (named ``<setting>/seed_N`` or freely) into ``out_dir``.
+
+    Returns:
+        The PNG files written.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if any(is_synthetic(run.path) for run in runs):
+        title += " (SYNTHETIC data)"
+    settings = group_runs(runs)
+    import matplotlib.pyplot as plt
+
+    written = []
+    swept = swept_parameters(settings)
+    if not swept:
+        lines = list(settings.items())
+        fig = _figure([("", lines)], title, _colors([label for label, _ in lines]))
+        written.append(out_dir / "curves.png")
+        fig.savefig(written[-1], dpi=90)
+        plt.close(fig)
+        return written
+    params = {name: parse_setting(name) for name in settings}
+    for key in swept:
+        values = sorted({p[key] for p in params.values()}, key=_sort_key)
+        others = [k for k in swept if k != key]
+        facets: dict[str, list[tuple[str, list[RunData]]]] = {}
+        for name in sorted(settings, key=lambda n: [_sort_key(params[n][k]) for k in swept]):
+            facet = ", ".join(f"{k}={params[name][k]}" for k in others)
+            facets.setdefault(facet, []).append((f"{key}={params[name][key]}", settings[name]))
+        colors = _colors([f"{key}={v}" for v in values])
+        fig = _figure(list(facets.items()), f"{title}: {key}", colors)
+        written.append(out_dir / f"{key}.png")
+        fig.savefig(written[-1], dpi=90)
+        plt.close(fig)
+    return written
+
+
+def main(argv: Sequence[str]) -> None:
+    """The ``machlite plot`` command."""
+    parser = OneLineArgumentParser(
+        prog="machlite plot",
+        description="Draw learning-curve PNGs (training loss against step, validation "
+        "accuracy against epoch) from the TensorBoard event files of a run or a sweep folder.",
+    )
+    parser.add_argument("dir", type=Path, help="a run folder, runs/<experiment>, or a sweep")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default DIR/plots)")
+    parser.add_argument("--title", default=None, help="figure title (default: the folder name)")
+    args = parser.parse_args(list(argv))
+    for path in plot_runs(args.dir, args.out, args.title):
+        print(f"machlite plot: wrote {path}")

@@ -1,0 +1,411 @@
+"""machlite sweep and machlite plot: expansion, sweep files, summaries, plots, real sweeps."""
+
+import csv
+import itertools
+import json
+import math
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from machlite.events import find_runs, run_metrics
+from machlite.models import NETWORKS
+from machlite.sweep import Run, Sweep, expand, fit_args, parse_sweep, progress_line, report
+
+from .conftest import CONFIGS
+from .test_cli import run, synthetic
+
+SWEEP_FILES = sorted(p.name for p in (CONFIGS / "sweeps").glob("*.yaml"))
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("machlite: error: ") and "Traceback" not in err[0]
+    return err[0]
+
+
+# -- expansion and arguments -------------------------------------------------------------------
+def test_grid_expands_to_named_runs_with_fit_arguments(tmp_path: Path) -> None:
+    sweep, _ = parse_sweep(
+        [
+            "--config",
+            str(CONFIGS / "jsc_tiny.yaml"),
+            "--grid",
+            "data.batch_size=32,64,128,256",
+            "--grid",
+            "optimizer.lr=1e-4,1e-3",
+            "--seeds",
+            "0,1,2",
+            "--data.source",
+            "synthetic",
+            "--trainer.max_epochs=2",
+        ]
+    )
+    runs = expand(sweep)
+    assert len(runs) == 4 * 2 * 3
+    assert len({r.name for r in runs}) == len(runs)
+    assert runs[0].name == "batch_size=32,lr=0.0001/seed_0"
+    assert runs[1].name == "batch_size=32,lr=0.001/seed_0"
+    assert [r.seed for r in runs] == [0] * 8 + [1] * 8 + [2] * 8  # every setting once first
+    # the default folder says the data is synthetic
+    assert sweep.sweep_dir == (tmp_path / "sweeps" / "jsc_tiny_sweep_synthetic").resolve()
+    args = fit_args(sweep, runs[1])
+    assert args[:3] == ["fit", "--config", str(CONFIGS / "jsc_tiny.yaml")]
+    pairs = dict(zip(args[3::2], args[4::2], strict=True))
+    assert pairs == {
+        "--data.source": "synthetic",
+        "--trainer.max_epochs": "2",
+        "--data.batch_size": "32",
+        "--optimizer.lr": "1e-3",
+        "--seed_everything": "0",
+    }
+
+
+def test_labels_shorten_class_paths_and_keep_values_apart() -> None:
+    sweep = Sweep(
+        config=None,
+        grid={
+            "model.network": ["machlite.models.JSCTiny", "machlite.models.JSCWill"],
+            "optimizer.lr": ["1e-3", "0.001"],  # equal numbers: labels fall back to the text
+            "data.seed": ["0"],
+            "model.seed": ["1"],  # two keys ending in "seed": full keys in the names
+        },
+        seeds=[5],
+    )
+    names = [r.name for r in expand(sweep)]
+    assert names[0] == "network=JSCTiny,lr=1e-3,data.seed=0,model.seed=1/seed_5"
+    assert "network=JSCWill,lr=0.001,data.seed=0,model.seed=1/seed_5" in names
+
+
+def test_progress_line_estimates_time_left() -> None:
+    assert progress_line(1, 4, "a/seed_0", 0.0, 0).endswith("elapsed 0:00:00 | left ?")
+    line = progress_line(3, 4, "lr=0.1/seed_0", 120.0, 2)
+    assert line == "machlite sweep: run 3/4 lr=0.1/seed_0 | elapsed 0:02:00 | left ~0:02:00"
+
+
+@pytest.mark.parametrize("name", SWEEP_FILES)
+def test_sweep_file_parses_expands_and_its_first_run_is_a_valid_fit(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep, _ = parse_sweep(["--sweep", str(CONFIGS / "sweeps" / name)])
+    assert sweep.config is not None and sweep.config.is_file()
+    assert sweep.name == Path(name).stem and sweep.grid and len(sweep.seeds) >= 3
+    runs = expand(sweep)
+    assert len(runs) == math.prod(len(v) for v in sweep.grid.values()) * len(sweep.seeds)
+    assert len({r.name for r in runs}) == len(runs)
+    # every swept/linked key exists in machlite fit: jsonargparse checks them
+    for r in runs[: len(runs) // len(sweep.seeds)]:
+        assert run([*fit_args(sweep, r), "--print_config"]) == 0
+        printed = yaml.safe_load(capsys.readouterr().out)
+        for key, value in r.values.items():
+            node = printed
+            for part in key.split("."):
+                node = node[part] if part in node else node["init_args"][part]
+            node = node["class_path"] if isinstance(node, dict) else node
+            assert str(node) == value or float(node) == float(value)
+
+
+def test_lab_sweep_files_cover_the_lab_study() -> None:
+    def grid(name: str) -> dict[str, list[str]]:
+        return parse_sweep(["--sweep", str(CONFIGS / "sweeps" / name)])[0].grid
+
+    assert {int(v) for v in grid("lab1_batch_size.yaml")["data.batch_size"]} >= {32, 256, 512}
+    lrs = [float(v) for v in grid("lab1_learning_rate.yaml")["optimizer.lr"]]
+    assert min(lrs) == pytest.approx(1e-5) and max(lrs) == pytest.approx(1e-2)
+    networks = grid("lab1_networks.yaml")["model.network"]
+    assert [n.rsplit(".", 1)[1] for n in networks] == ["JSCTiny", "JSCToy", "JSCWill"]
+    assert all(n.rsplit(".", 1)[1] in NETWORKS for n in networks)
+    sweep = parse_sweep(["--sweep", str(CONFIGS / "sweeps" / "lab1_max_epochs.yaml")])[0]
+    first = fit_args(sweep, expand(sweep)[0])
+    epochs = first[first.index("--trainer.max_epochs") + 1]
+    assert first[first.index("--lr_scheduler.init_args.T_max") + 1] == epochs
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--grid", "data.batch_size=32"], "give --config"),
+        (["--config", "nope.yaml", "--grid", "data.batch_size=32"], "nope.yaml not found"),
+        (["--config", "{tiny}", "--grid", "data.batch_size"], "write KEY=V1,V2"),
+        (["--config", "{tiny}", "--seeds", "a,b"], "seeds must be integers"),
+        (["--config", "{tiny}", "--jobs", "0"], "--jobs must be at least 1"),
+        (["--config", "{tiny}", "--seed_everything", "3"], "use --seeds"),
+        (["--config", "{tiny}", "--trainer.max_epochs"], "needs a value"),
+        (["--config", "{tiny}", "stray"], "unexpected argument 'stray'"),
+        (["--config", "{tiny}", "--jobs", "two"], "invalid int value"),
+        (
+            ["--config", "{tiny}", "--grid", "optimizer.lr=1e-3", "--optimizer.lr", "1e-2"],
+            "both swept",
+        ),
+        (["--config", "{tiny}", "--link", "lr_scheduler.init_args.T_max=x"], "not a swept"),
+        (["--sweep", "{bad_sweep}"], "unknown key(s) grids"),
+        (["--sweep", "missing.yaml"], "cannot read the sweep file"),
+    ],
+)
+def test_bad_sweep_options_exit_2_with_one_line(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grids:\n  data.batch_size: [1]\n")
+    subs = {"{tiny}": str(CONFIGS / "jsc_tiny.yaml"), "{bad_sweep}": str(bad)}
+    assert run(["sweep", *[subs.get(a, a) for a in args]]) == 2
+    assert message in one_error_line(capsys)
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_plot_of_a_folder_without_runs_exits_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["plot", str(tmp_path)]) == 2
+    assert "no runs with training curves" in one_error_line(capsys)
+
+
+# -- summaries and plots from real event files -------------------------------------------------
+VAL = {  # setting -> seed -> val/acc per epoch
+    "batch_size=32,lr=0.001": {0: [0.5, 0.7, 0.6], 1: [0.6, 0.65, 0.8]},
+    "batch_size=64,lr=0.001": {0: [0.4, 0.5, 0.55], 1: [0.45, 0.5, 0.52]},
+    "batch_size=32,lr=0.01": {0: [0.3, 0.35, 0.4], 1: [0.3, 0.36, 0.41]},
+}
+TEST = {"batch_size=32,lr=0.001": 0.7, "batch_size=64,lr=0.001": 0.5, "batch_size=32,lr=0.01": 0.4}
+
+
+def write_run(run_dir: Path, val: list[float], test: float, seed: int) -> None:
+    """A run folder as machlite sweep leaves it: event files (10 s per epoch), config, done."""
+    writer = SummaryWriter(str(run_dir))
+    t0 = 1_000_000.0
+    for epoch, acc in enumerate(val):
+        for step in range(epoch * 10, epoch * 10 + 10, 5):
+            writer.add_scalar("train/loss", 1.5 - 0.01 * step - 0.1 * seed, step, walltime=t0)
+        writer.add_scalar("val/acc", acc, epoch * 10 + 9, walltime=t0 + 10.0 * (epoch + 1))
+    writer.close()
+    test_writer = SummaryWriter(str(run_dir / "test"))
+    test_writer.add_scalar("test/acc", test + 0.01 * seed, 0)
+    test_writer.close()
+    config = {
+        "data": {
+            "class_path": "machlite.datasets.JSCDataModule",
+            "init_args": {"source": "synthetic"},
+        },
+        "model": {"network": {"class_path": "machlite.models.JSCToy", "init_args": {}}},
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "done.json").write_text(json.dumps({"params": 327}))
+
+
+@pytest.fixture()
+def fake_sweep(tmp_path: Path) -> tuple[Sweep, list[Run]]:
+    sweep = Sweep(
+        config=CONFIGS / "jsc_toy.yaml",
+        grid={"data.batch_size": ["32", "64"], "optimizer.lr": ["0.001", "0.01"]},
+        seeds=[0, 1],
+        name="fake",
+        sweep_dir=tmp_path / "fake",
+    )
+    runs = [r for r in expand(sweep) if r.setting in VAL]
+    for r in runs:
+        write_run(sweep.sweep_dir / r.name, VAL[r.setting][r.seed], TEST[r.setting], r.seed)
+    return sweep, runs
+
+
+def test_run_metrics_come_from_the_event_files(fake_sweep: tuple[Sweep, list[Run]]) -> None:
+    sweep, _ = fake_sweep
+    found = {r.name: r for r in find_runs(sweep.sweep_dir)}
+    assert set(found) == {f"{s}/seed_{k}" for s in VAL for k in (0, 1)}  # test/ folders left out
+    m = run_metrics(found["batch_size=32,lr=0.001/seed_0"])
+    assert m["val_acc_final"] == pytest.approx(0.6) and m["val_acc_best"] == pytest.approx(0.7)
+    assert m["epochs_to_best"] == 2 and m["epochs"] == 3
+    assert m["sec_per_epoch"] == pytest.approx(10.0)
+    assert m["test_acc"] == pytest.approx(0.7)
+
+
+def test_summary_csv_and_md_give_mean_and_std_over_seeds(
+    fake_sweep: tuple[Sweep, list[Run]],
+) -> None:
+    sweep, runs = fake_sweep
+    files = report(sweep, expand(sweep), failed=[])
+    with open(sweep.sweep_dir / "summary.csv") as f:
+        rows = {row["setting"]: row for row in csv.DictReader(f)}
+    # in grid order; the missing setting (batch_size=64,lr=0.01) has no row
+    assert list(rows) == [
+        "batch_size=32,lr=0.001",
+        "batch_size=32,lr=0.01",
+        "batch_size=64,lr=0.001",
+    ]
+    best = rows["batch_size=32,lr=0.001"]
+    assert best["batch_size"] == "32" and best["lr"] == "0.001" and best["n"] == "2"
+    assert float(best["val_acc_best_mean"]) == pytest.approx(0.75)
+    assert float(best["val_acc_best_std"]) == pytest.approx(math.sqrt(0.005), rel=1e-4)
+    assert float(best["val_acc_final_mean"]) == pytest.approx(0.7)
+    assert float(best["test_acc_mean"]) == pytest.approx(0.705)
+    assert float(best["epochs_to_best_mean"]) == pytest.approx(2.5)
+    assert float(best["sec_per_epoch_mean"]) == pytest.approx(10.0)
+    assert best["params"] == "327"
+    with open(sweep.sweep_dir / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 6
+    md = (sweep.sweep_dir / "summary.md").read_text()
+    assert "SYNTHETIC DATA" in md
+    assert "| `batch_size=32,lr=0.001` | 2 | 0.7000 ± 0.1414 | 0.7500 ± 0.0707 |" in md
+    assert "runs finished: 6 of 8" in md
+    table = [line for line in md.splitlines() if line.startswith("| `")]
+    assert table[0].endswith("| best |") and not table[1].endswith("≈ best |")
+    assert "![batch_size](plots/batch_size.png)" in md and "![lr](plots/lr.png)" in md
+    assert {p.name for p in files if p.suffix == ".png"} == {"batch_size.png", "lr.png"}
+
+
+def test_plots_one_figure_per_swept_parameter(fake_sweep: tuple[Sweep, list[Run]]) -> None:
+    sweep, _ = fake_sweep
+    assert run(["plot", str(sweep.sweep_dir)]) == 0
+    by_batch = matplotlib.image.imread(sweep.sweep_dir / "plots" / "batch_size.png")
+    by_lr = matplotlib.image.imread(sweep.sweep_dir / "plots" / "lr.png")
+    # batch_size.png: one row of panels per lr (2); lr.png: one row per batch size (2)
+    assert by_batch.shape[1] == by_lr.shape[1] > 800
+    assert by_batch.shape[0] == by_lr.shape[0]
+    assert by_batch.std() > 0.05  # not blank
+
+
+def test_plot_a_single_run_folder(fake_sweep: tuple[Sweep, list[Run]], tmp_path: Path) -> None:
+    sweep, _ = fake_sweep
+    one = sweep.sweep_dir / "batch_size=64,lr=0.001" / "seed_1"
+    assert run(["plot", str(one), "--out", str(tmp_path / "out")]) == 0
+    image = matplotlib.image.imread(tmp_path / "out" / "curves.png")
+    assert image.shape[0] > 300 and image.std() > 0.05
+    # a setting folder with several seeds: one line per seed run
+    assert run(["plot", str(one.parent)]) == 0
+    assert (one.parent / "plots" / "curves.png").is_file()
+
+
+# -- early stopping ------------------------------------------------------------------------------
+def test_early_stopping_config_stops_on_val_loss(tmp_path: Path, jsc_data_dir: Path) -> None:
+    config = yaml.safe_load((CONFIGS / "jsc_tiny_early_stopping.yaml").read_text())
+    (callback,) = config["trainer"]["callbacks"]
+    assert callback["class_path"] == "lightning.pytorch.callbacks.EarlyStopping"
+    assert callback["init_args"]["monitor"] == "val/loss"
+    # an improvement no run can make: stops after patience (1) epoch without one
+    callback["init_args"].update(min_delta=10.0, patience=1)
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(yaml.safe_dump(config))
+    args = ["fit", "--config", str(strict), *synthetic(jsc_data_dir), "--experiment", "es"]
+    assert run([*args, "--trainer.enable_progress_bar", "false"]) == 0
+    (run_dir,) = Path("runs/es_synthetic").glob("version_*")
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    assert len(acc.Scalars("val/loss")) == 2 < config["trainer"]["max_epochs"]
+
+
+# -- real sweeps (subprocesses) --------------------------------------------------------------------
+def event_files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("events.*")}
+
+
+@pytest.mark.slow
+def test_two_by_two_seed_sweep_finishes_skips_and_redoes_unfinished(
+    jsc_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's "done when": a 2 x 2-seed sweep on synthetic JSC, then run again."""
+    args = [
+        "sweep",
+        "--config",
+        str(CONFIGS / "jsc_tiny.yaml"),
+        "--grid",
+        "data.batch_size=64,128",
+        "--seeds",
+        "0,1",
+        "--name",
+        "bs",
+        *synthetic(jsc_data_dir),
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.log_every_n_steps",
+        "1",
+    ]
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    assert "4 runs in" in out and "0 already finished (skipped), 4 to run" in out
+    for i in range(1, 5):
+        assert f"machlite sweep: run {i}/4 " in out
+    sweep_dir = Path("sweeps/bs_synthetic")
+    names = [f"batch_size={b}/seed_{s}" for s, b in itertools.product((0, 1), (64, 128))]
+    assert [r.name for r in find_runs(sweep_dir)] == sorted(names)
+    for name in names:
+        done = json.loads((sweep_dir / name / "done.json").read_text())
+        assert done["params"] == 117 and done["metrics"]["epochs"] == 2
+        assert 0.0 < done["metrics"]["test_acc"] <= 1.0
+        assert "--seed_everything" in done["signature"]
+    with open(sweep_dir / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["setting"], r["n"], r["seeds"]) for r in rows] == [
+        ("batch_size=64", "2", "0 1"),
+        ("batch_size=128", "2", "0 1"),
+    ]
+    assert all(0 < float(r["test_acc_mean"]) <= 1 and r["test_acc_std"] for r in rows)
+    assert "SYNTHETIC DATA" in (sweep_dir / "summary.md").read_text()
+    assert matplotlib.image.imread(sweep_dir / "plots" / "batch_size.png").std() > 0.05
+    before = event_files(sweep_dir)
+
+    # run again: every run is skipped, nothing is rewritten
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    assert "4 already finished (skipped), 0 to run" in out and "run 1/" not in out
+    assert event_files(sweep_dir) == before
+
+    # a run killed midway leaves a folder without done.json: only that one is redone
+    killed = sweep_dir / names[1]
+    (killed / "done.json").unlink()
+    (killed / "partial.tmp").write_text("left by a killed run")
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    assert "3 already finished (skipped), 1 to run" in out
+    assert f"run 1/1 {names[1]} " in out
+    assert not (killed / "partial.tmp").exists() and (killed / "done.json").is_file()
+    after = event_files(sweep_dir)
+    assert {k: v for k, v in after.items() if not k.startswith(names[1])} == {
+        k: v for k, v in before.items() if not k.startswith(names[1])
+    }
+    assert len([k for k in after if k.startswith(names[1] + "/events")]) == 1
+
+    # machlite plot redraws the figures from the event files
+    (sweep_dir / "plots" / "batch_size.png").unlink()
+    assert run(["plot", str(sweep_dir)]) == 0
+    assert (sweep_dir / "plots" / "batch_size.png").is_file()
+
+
+@pytest.mark.slow
+def test_failed_run_is_reported_and_the_others_finish_with_two_jobs(
+    jsc_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep_file = tmp_path / "nets.yaml"
+    sweep_file.write_text(
+        f"config: {CONFIGS / 'jsc_tiny.yaml'}\n"
+        "grid:\n"
+        "  model.network: [machlite.models.JSCTiny, machlite.models.MNISTNet]\n"
+        "  trainer.max_epochs: [1]\n"
+        "link:\n"
+        "  lr_scheduler.init_args.T_max: trainer.max_epochs\n"
+        "seeds: [3]\n"
+    )
+    args = ["sweep", "--sweep", str(sweep_file), "--jobs", "2", "--sweep_dir", "nets"]
+    assert run([*args, *synthetic(jsc_data_dir)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("machlite sweep: run ")]
+    ends = [i for i, line in enumerate(lines) if "finished network=" in line or "FAILED" in line]
+    assert len(starts) == len(ends) == 2 and max(starts) < min(ends)  # both ran at once
+    (failed,) = [line for line in lines if "FAILED" in line]
+    assert "network=MNISTNet,max_epochs=1/seed_3 (exit 2)" in failed
+    assert "does not accept inputs" in failed
+    log = Path("nets/network=MNISTNet,max_epochs=1/seed_3/run.log")
+    assert log.is_file() and "does not accept inputs" in log.read_text()
+    err = captured.err.strip().splitlines()[-1]
+    assert err.startswith("machlite: error: 1 of 2 runs failed (network=MNISTNet")
+    good = Path("nets/network=JSCTiny,max_epochs=1/seed_3")
+    assert (good / "done.json").is_file()
+    config = yaml.safe_load((good / "config.yaml").read_text())
+    assert config["lr_scheduler"]["init_args"]["T_max"] == config["trainer"]["max_epochs"] == 1
+    assert config["seed_everything"] == 3
+    with open("nets/summary.csv") as f:
+        assert [r["setting"] for r in csv.DictReader(f)] == ["network=JSCTiny,max_epochs=1"]
+    assert "## Failed runs" in Path("nets/summary.md").read_text()

@@ -1,0 +1,142 @@
+"""Which accelerator a run uses (IPU, GPU or CPU), why, and the IPU strategy's options.
+
+IPUs are driven by Lightning's in-tree ``IPUStrategy``, which exists only up to lightning
+2.0.9, and by ``poptorch``, which ships with Graphcore's Poplar SDK (not on PyPI). See
+docs/ipu.md.
+"""
+
+import importlib.util
+import os
+from importlib import metadata
+from typing import Any
+
+import torch
+
+from machlite.errors import ConfigError
+
+#: The one stack with working IPU support (NOTES §4, docs/ipu.md).
+IPU_STACK = "Python 3.10, torch 2.0.1, lightning 2.0.9 and poptorch from the Poplar SDK"
+IPU_INSTALL = (
+    "Install on a Poplar SDK machine: source the SDK's enable.sh in a Python 3.10 venv, "
+    "pip install $POPLAR_SDK/poptorch-*.whl, then pip install -e '.[ipu]' (docs/ipu.md)"
+)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def lightning_has_ipu() -> bool:
+    """Whether the installed lightning has the in-tree IPU accelerator (2.0.x and older)."""
+    try:
+        from lightning.pytorch.accelerators import IPUAccelerator  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def poptorch_state() -> tuple[bool, str]:
+    """Whether poptorch reports IPU hardware, and a short description of what was found."""
+    if importlib.util.find_spec("poptorch") is None:
+        return False, "poptorch is not installed"
+    import poptorch
+
+    version = getattr(poptorch, "__version__", None) or _version("poptorch") or "?"
+    if not poptorch.ipuHardwareIsAvailable():
+        return False, f"poptorch {version} finds no IPU hardware"
+    return True, f"poptorch {version} reports IPU hardware"
+
+
+def _gpu_reason() -> str:
+    name = torch.cuda.get_device_name(0)
+    return f"CUDA GPU found ({torch.cuda.device_count()} x {name})"
+
+
+def choose_accelerator(requested: str) -> tuple[str, str]:
+    """Resolve ``trainer.accelerator`` to what the run will use, with the reason.
+
+    ``auto`` takes an IPU when lightning supports IPUs and poptorch reports hardware, else a
+    CUDA GPU, else the CPU. ``ipu`` is checked here so that a missing piece is one clear line.
+
+    Args:
+        requested: The configured accelerator name (``auto``, ``ipu``, ``gpu``, ``cuda``,
+            ``cpu``, ...).
+
+    Returns:
+        ``(accelerator, reason)``; the accelerator is a name Lightning accepts.
+
+    Raises:
+        ConfigError: ``ipu`` was requested but this environment cannot run it.
+    """
+    name = requested.lower()
+    lightning = _version("lightning") or "?"
+    if name == "ipu":
+        if not lightning_has_ipu():
+            raise ConfigError(
+                f"--trainer.accelerator ipu: lightning {lightning} has no IPU support; IPUs "
+                f"need {IPU_STACK}. {IPU_INSTALL}"
+            )
+        available, found = poptorch_state()
+        if not available:
+            raise ConfigError(
+                f"--trainer.accelerator ipu: {found}; IPUs need {IPU_STACK}. {IPU_INSTALL}. "
+                "Or drop the flag to train on the CPU/GPU"
+            )
+        return "ipu", found
+    if name != "auto":
+        return requested, "set by trainer.accelerator"
+    no_ipu = (
+        poptorch_state()[1]
+        if lightning_has_ipu()
+        else f"no IPU: lightning {lightning} has no IPU support"
+    )
+    if lightning_has_ipu() and poptorch_state()[0]:
+        return "ipu", poptorch_state()[1]
+    if torch.cuda.is_available():
+        return "cuda", f"{_gpu_reason()}; {no_ipu}"
+    return "cpu", f"no CUDA GPU; {no_ipu}"
+
+
+def ipu_strategy(device_iterations: int, ipu_model: bool, replicas: int, accumulate: int) -> Any:
+    """Build lightning 2.0.9's ``IPUStrategy`` with machlite's IPU options.
+
+    Without ``ipu_model`` Lightning builds the poptorch options itself from these values
+    (replication from ``trainer.devices``, gradient accumulation from
+    ``trainer.accumulate_grad_batches``, the seed from ``seed_everything``).
+
+    Args:
+        device_iterations: Optimizer steps (training) or batches (inference) the IPU runs per
+            host call.
+        ipu_model: Run on the Poplar IPU Model (the SDK's simulator) instead of hardware.
+        replicas: Number of model replicas (``trainer.devices``).
+        accumulate: Micro-batches per optimizer step (``trainer.accumulate_grad_batches``).
+    """
+    from lightning.pytorch.strategies import IPUStrategy
+
+    if not ipu_model:
+        return IPUStrategy(device_iterations=device_iterations)
+    import poptorch
+
+    def options(training: bool) -> Any:
+        opts = poptorch.Options().deviceIterations(device_iterations)
+        opts.replicationFactor(replicas)
+        opts.Training.gradientAccumulation(accumulate if training else 1)
+        opts.useIpuModel(True)
+        if os.environ.get("PL_GLOBAL_SEED"):
+            opts.randomSeed(int(os.environ["PL_GLOBAL_SEED"]))
+        return opts
+
+    return IPUStrategy(
+        device_iterations=device_iterations,
+        training_opts=options(training=True),
+        inference_opts=options(training=False),
+    )
+
+
+def on_ipu(trainer: Any) -> bool:
+    """Whether ``trainer`` runs on IPUs (lightning 2.0.9's ``IPUStrategy``)."""
+    strategy = getattr(trainer, "strategy", None)
+    return type(strategy).__name__ == "IPUStrategy"

@@ -22,8 +22,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -541,6 +543,24 @@ class _Running:
     start: float
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(running: list[_Running]) -> None:
+    """Terminate runs (their folders stay unfinished, so the next sweep redoes them)."""
+    for item in running:
+        if item.proc.poll() is None:
+            item.proc.terminate()
+    for item in running:
+        try:
+            item.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            item.proc.kill()
+            item.proc.wait()
+        item.log.close()
+
+
 class Runner:
     """Launch the runs of a sweep (``jobs`` at once) and report on each.
 
@@ -589,14 +609,20 @@ class Runner:
             stdout=subprocess.PIPE if tee else log,
             stderr=subprocess.STDOUT,
         )
+        running = _Running(run, proc, log, start)
         if tee:  # one run at a time: its output (Lightning's bar) shows under the progress line
             assert proc.stdout is not None
-            while chunk := os.read(proc.stdout.fileno(), 65536):
-                log.write(chunk)
-                self.out.write(chunk.decode(errors="replace"))
-                self.out.flush()
+            try:
+                while chunk := os.read(proc.stdout.fileno(), 65536):
+                    log.write(chunk)
+                    log.flush()
+                    self.out.write(chunk.decode(errors="replace"))
+                    self.out.flush()
+            except BaseException:  # Ctrl-C while streaming: stop the run too
+                _stop([running])
+                raise
             proc.stdout.close()
-        return _Running(run, proc, log, start)
+        return running
 
     def finish(self, running: _Running) -> None:
         """Record a run that ended: finished (done.json written) or failed."""
@@ -624,6 +650,9 @@ class Runner:
         running: list[_Running] = []
         t0 = time.time()
         started = 0
+        # `kill` (SIGTERM) stops the runs too, as Ctrl-C does
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
         try:
             while queue or running:
                 while queue and len(running) < self.jobs:
@@ -640,18 +669,14 @@ class Runner:
                 if running:
                     time.sleep(0.2)
         except KeyboardInterrupt:
-            for item in running:
-                item.proc.terminate()
-            for item in running:
-                try:
-                    item.proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    item.proc.kill()
-                item.log.close()
+            _stop(running)
             raise Interrupted(
                 "sweep interrupted; run the same command again to resume: finished runs are "
                 "kept and unfinished ones are redone"
             ) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:

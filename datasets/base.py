@@ -1,12 +1,15 @@
 """The part both datamodules share: splits held as tensors and served by InMemoryLoader."""
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from machlite.errors import ConfigError
+from machlite.errors import ConfigError, MachliteError
 from machlite.paths import resolve_data_dir
 from machlite.types import PositiveInt
 
@@ -24,6 +27,14 @@ class InMemoryDataModule(pl.LightningDataModule):
     Subclasses set ``num_classes`` and ``input_shape`` and implement ``prepare_data``
     (download, verify, preprocess; runs once per machine) and ``load_splits`` (read what
     ``prepare_data`` left; runs in every process).
+
+    Distributed (DDP): Lightning runs ``prepare_data`` in local rank 0 only, while the other
+    ranks wait at a barrier, so downloads, unpacking and caches are written once; then every
+    rank reads them in ``setup``. If ``prepare_data`` fails with a machlite error (say, the
+    data file is missing offline), the error is handed to every rank in ``setup``: rank 0
+    raises it (one line from the CLI) and the other ranks end quietly, instead of printing
+    tracebacks of a broken connection. The loaders shard every split by rank
+    (:class:`~machlite.datasets.loader.InMemoryLoader`).
 
     Args:
         data_dir: Data folder (None: ``$MACHLITE_DATA_DIR`` or ``~/.cache/machlite``).
@@ -55,6 +66,17 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.splits: dict[str, Split] = {}
+        self._prepare_error: MachliteError | None = None
+        self._loading = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "prepare_data" in cls.__dict__:
+            cls.prepare_data = _hold_error_under_ddp(cls.__dict__["prepare_data"])
+
+    def _distributed(self) -> bool:
+        trainer = self.trainer
+        return trainer is not None and trainer.world_size > 1
 
     @property
     def run_tag(self) -> str:
@@ -67,11 +89,31 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Load the splits once, onto the training device when they fit there."""
+        if stage is not None and self._distributed():
+            self._share_prepare_error()
         if self.splits:
             return
-        splits = self.load_splits()
+        self._loading = True
+        try:
+            splits = self.load_splits()
+        finally:
+            self._loading = False
         device = self._target_device(splits)
         self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in splits.items()}
+
+    def _share_prepare_error(self) -> None:
+        """DDP: raise rank 0's ``prepare_data`` error in rank 0; end the other ranks quietly."""
+        strategy = self.trainer.strategy
+        error, self._prepare_error = self._prepare_error, None
+        shared = strategy.broadcast(error, src=0)
+        if shared is None:
+            if error is not None:  # another node's local rank 0 failed: say so there
+                raise error
+            return
+        strategy.barrier("machlite_prepare_error")  # every rank has it before any leaves
+        if self.trainer.is_global_zero:
+            raise shared
+        raise SystemExit(0)  # rank 0 reports the error and sets the exit code
 
     def _target_device(self, splits: dict[str, Split]) -> torch.device:
         trainer = self.trainer
@@ -99,6 +141,12 @@ class InMemoryDataModule(pl.LightningDataModule):
         if split not in self.splits:
             self.setup()
         rank, world_size = self._rank()
+        need = 2 * world_size if shuffle else world_size  # training batches need 2 samples
+        if len(self.splits[split][1]) < need:
+            raise ConfigError(
+                f"the {split} split has {len(self.splits[split][1])} samples, too few for "
+                f"{world_size} processes (at least {need} needed): use fewer devices or more data"
+            )
         return InMemoryLoader(
             self.splits[split],
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
@@ -106,7 +154,6 @@ class InMemoryDataModule(pl.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world_size,
-            drop_single=shuffle,
             batches_per_item=self._steps_per_call() if shuffle else 1,
         )
 
@@ -125,3 +172,19 @@ class InMemoryDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> InMemoryLoader:
         """The test split, for ``machlite predict``."""
         return self._loader("test", shuffle=False)
+
+
+def _hold_error_under_ddp(prepare: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Wrap a ``prepare_data``: under DDP keep its machlite error for ``setup`` to share."""
+
+    @functools.wraps(prepare)
+    def prepare_data(self: InMemoryDataModule) -> None:
+        if not self._distributed() or self._loading:
+            prepare(self)
+            return
+        try:
+            prepare(self)
+        except MachliteError as err:
+            self._prepare_error = err
+
+    return prepare_data

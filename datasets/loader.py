@@ -16,10 +16,10 @@ class EpochPermutation:
 
     Lightning calls ``set_epoch`` at the start of every training epoch (it looks for a
     ``sampler`` attribute on the loader), so epoch ``e`` always uses ``seed + e``: resumed and
-    repeated runs see the same order. With ``world_size`` > 1 each rank takes every
-    ``world_size``-th index of the permutation, after padding it (by wrapping around) to a
-    multiple of ``world_size``: the shards are disjoint up to that padding and their union is
-    the whole split.
+    repeated runs see the same order. With ``world_size`` > 1 (distributed training) rank ``r``
+    takes the indices at positions ``r, r + world_size, r + 2 * world_size, ...`` of the
+    permutation: the shards are disjoint, their union is the whole split, and nothing is
+    repeated or left out. Their sizes differ by at most one.
 
     Args:
         n: Number of samples.
@@ -43,7 +43,8 @@ class EpochPermutation:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-self.n // self.world_size)
+        """Number of indices of this rank's shard."""
+        return len(range(self.rank, self.n, self.world_size))
 
     def indices(self) -> Tensor:
         """Return this rank's indices for the current epoch (int64, on the CPU)."""
@@ -52,19 +53,22 @@ class EpochPermutation:
             order = torch.randperm(self.n, generator=generator)
         else:
             order = torch.arange(self.n)
-        if self.world_size == 1:
-            return order
-        padded = len(self) * self.world_size
-        if padded > self.n:
-            order = torch.cat([order, order[: padded - self.n]])
-        return order[self.rank :: self.world_size]
+        return order if self.world_size == 1 else order[self.rank :: self.world_size]
 
 
 class InMemoryLoader:
     """Iterate over ``(x, y)`` batches drawn from tensors with one index operation each.
 
-    An unshuffled single-process loader yields slices (views, no copy). A trailing training
-    batch of one sample is dropped, since BatchNorm cannot train on it. With
+    An unshuffled single-process loader yields slices (views, no copy). Every sample of this
+    rank's shard is used once per epoch: no padding, nothing dropped. Batches hold
+    ``batch_size`` samples except the last, and a last batch too small to train on (one
+    sample, which BatchNorm rejects) is merged into the batch before it.
+
+    Distributed (``world_size`` N > 1): the batches are cut as if one process drew global
+    batches of N x ``batch_size`` from the epoch's permutation and handed each rank every N-th
+    sample of them, so every rank yields the same number of batches (DDP needs equal step
+    counts) and each rank's last batch holds at least two samples. The shards of the ranks
+    are disjoint and cover the split; their last batches differ in size by at most one. With
     ``batches_per_item`` K > 1, each item is a list of K consecutive batches of the same
     order (the last item may hold fewer), for modules that take several optimizer steps per
     call (``Classifier(steps_per_call=K)``).
@@ -75,8 +79,8 @@ class InMemoryLoader:
         shuffle: Draw each epoch in a new seeded order.
         seed: Base seed of the order (epoch ``e`` uses ``seed + e``).
         rank: This process's rank (distributed training).
-        world_size: Number of processes sharing the data.
-        drop_single: Drop a final batch holding a single sample.
+        world_size: Number of processes sharing the data; each rank needs at least one
+            sample.
         batches_per_item: Batches handed over per item (K); 1 yields plain batches.
     """
 
@@ -88,7 +92,6 @@ class InMemoryLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        drop_single: bool = False,
         batches_per_item: int = 1,
     ) -> None:
         if batch_size < 1 or batches_per_item < 1:
@@ -99,9 +102,10 @@ class InMemoryLoader:
         n = len(tensors[0])
         if any(len(t) != n for t in tensors):
             raise ValueError("all tensors must have the same length")
+        if n < world_size:
+            raise ValueError(f"{n} samples cannot be shared by {world_size} processes")
         self.tensors = tensors
         self.batch_size = batch_size
-        self.drop_single = drop_single
         self.batches_per_item = batches_per_item
         self.sampler = EpochPermutation(n, shuffle, seed, rank, world_size)
         self.batch_sampler = None  # Lightning inspects both attributes
@@ -111,16 +115,24 @@ class InMemoryLoader:
         """The same data as an ordinary map-style dataset (for poptorch.DataLoader)."""
         return TensorDataset(*self.tensors)
 
-    def _num_samples(self) -> int:
-        return len(self.sampler)
-
     def num_batches(self) -> int:
-        """Number of batches per epoch (not items, when ``batches_per_item`` > 1)."""
-        n = self._num_samples()
-        batches = -(-n // self.batch_size)
-        if self.drop_single and batches > 1 and n % self.batch_size == 1:
+        """Number of batches per epoch (not items, when ``batches_per_item`` > 1).
+
+        The same on every rank: it depends on the split size, ``batch_size`` and
+        ``world_size`` only.
+        """
+        n, world = self.sampler.n, self.sampler.world_size
+        global_batch = world * self.batch_size
+        batches = -(-n // global_batch)
+        last = n - (batches - 1) * global_batch  # samples in the last global batch
+        if batches > 1 and last < 2 * world:  # a rank would get a batch of 0 or 1 samples
             batches -= 1
         return batches
+
+    def batch_sizes(self) -> list[int]:
+        """This rank's batch sizes for one epoch, in order."""
+        count, bs = self.num_batches(), self.batch_size
+        return [bs] * (count - 1) + [len(self.sampler) - (count - 1) * bs]
 
     def __len__(self) -> int:
         return -(-self.num_batches() // self.batches_per_item)
@@ -129,12 +141,13 @@ class InMemoryLoader:
         """Yield this epoch's batches one by one."""
         contiguous = not self.sampler.shuffle and self.sampler.world_size == 1
         index = None if contiguous else self.sampler.indices().to(self.tensors[0].device)
-        bs = self.batch_size
-        for b in range(self.num_batches()):
+        bs, count = self.batch_size, self.num_batches()
+        for b in range(count):
+            lo, hi = b * bs, len(self.sampler) if b == count - 1 else (b + 1) * bs
             if index is None:
-                yield tuple(t[b * bs : (b + 1) * bs] for t in self.tensors)
+                yield tuple(t[lo:hi] for t in self.tensors)
             else:
-                sel = index[b * bs : (b + 1) * bs]
+                sel = index[lo:hi]
                 yield tuple(t[sel] for t in self.tensors)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...] | list[tuple[Tensor, ...]]]:

@@ -70,9 +70,11 @@ class HParamsLogger(Callback):
 class RunReport(Callback):
     """Say where a run writes, and after fit where its results are and how to view them."""
 
-    @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # trainer.log_dir is a collective under DDP (rank 0 broadcasts it): every rank asks
         where = trainer.log_dir if trainer.loggers else "(no logger)"
+        if not trainer.is_global_zero:
+            return
         accel = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
         print(f"machlite: run {where} on {accel} x{trainer.num_devices}", flush=True)
 
@@ -87,6 +89,24 @@ class RunReport(Callback):
             print(f"machlite: best checkpoint {ckpt.best_model_path}", flush=True)
         root = Path(logger.save_dir) / logger.name
         print(f"machlite: view the curves with: tensorboard --logdir {root} --host 127.0.0.1")
+
+
+def _gather_shards(trainer: pl.Trainer, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Collect each rank's rows and interleave them back into data order.
+
+    Rank ``r`` of N holds samples ``r, r + N, r + 2N, ...`` (the in-memory loaders' sharding).
+    """
+    world = trainer.world_size
+    shards: list[Any] = [None] * world
+    torch.distributed.all_gather_object(shards, tensors)
+    total = sum(len(shard[0]) for shard in shards)
+    out = []
+    for k, t in enumerate(tensors):
+        merged = t.new_empty((total, *t.shape[1:]))
+        for rank, shard in enumerate(shards):
+            merged[rank::world] = shard[k]
+        out.append(merged)
+    return tuple(out)
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -112,6 +132,10 @@ class PredictionWriter(BasePredictionWriter):
         folder.mkdir(parents=True, exist_ok=True)
         classes = torch.cat([p["class"] for p in predictions]).cpu()
         probs = torch.cat([p["probs"] for p in predictions]).float().cpu()
+        if trainer.world_size > 1:  # DDP: rank 0 writes every rank's shard, in data order
+            classes, probs = _gather_shards(trainer, classes, probs)
+            if not trainer.is_global_zero:
+                return
         self.path = folder / "predictions.csv"
         with open(self.path, "w", newline="") as f:
             writer = csv.writer(f)

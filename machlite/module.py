@@ -1,5 +1,6 @@
 """Classifier: the one LightningModule, training any ``nn.Module`` network on any datamodule."""
 
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,6 +15,12 @@ from machlite.report import confusion_figure, format_confusion, per_class_accura
 from machlite.types import PositiveInt
 
 Batch = tuple[Tensor, Tensor]
+
+# Under DDP the epoch values logged below come from torchmetrics' compute(), which already
+# reduces over all ranks; Lightning's advice to add sync_dist=True does not apply to them.
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self.log\('(train|val|test)/(loss|acc)"
+)
 
 
 class Classifier(pl.LightningModule):
@@ -174,7 +181,26 @@ class Classifier(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         if not self.automatic_optimization:
             self._step_schedulers("epoch")
+        self._sync_buffers()
         self._epoch_done("train", self.train_loss, self.train_acc)
+
+    def _sync_buffers(self) -> None:
+        """DDP fit: copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+        DDP broadcasts buffers at a forward through its wrapper, but Lightning's manual
+        optimization (``steps_per_call`` > 1) switches that off, so each rank would keep the
+        statistics of its own batches. Rank 0 writes the checkpoints: with its buffers on
+        every rank before validation, all ranks evaluate the checkpointed model, and logged
+        ``val/acc`` equals a single-process validation of that checkpoint. Rank 0's
+        statistics are what DDP keeps with one step per call too.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1 or trainer.state.fn != "fit":
+            return
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        for buffer in self.network.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
     # -- evaluation --------------------------------------------------------------------------
     # The steps only run the network and return its outputs with the labels; the metrics are
@@ -199,6 +225,9 @@ class Classifier(pl.LightningModule):
         self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         self._eval_update(outputs, self.val_loss, self.val_acc)
+
+    def on_validation_epoch_start(self) -> None:
+        self._sync_buffers()
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_done("val", self.val_loss, self.val_acc)

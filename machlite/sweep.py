@@ -456,9 +456,9 @@ def best_checkpoint(run_dir: Path) -> Path:
     last = folder / "last.ckpt"
     if last.is_file():
         state = torch.load(last, map_location="cpu", weights_only=False)
-        for key, value in (state.get("callbacks") or {}).items():
+        for value in (state.get("callbacks") or {}).values():  # ModelCheckpoint's state
             path = value.get("best_model_path") if isinstance(value, dict) else None
-            if str(key).startswith("ModelCheckpoint") and path and Path(path).is_file():
+            if path and Path(path).is_file():
                 return Path(path)
     best = sorted(folder.glob("best-*.ckpt"))
     if best:
@@ -944,6 +944,7 @@ def _job_main(argv: Sequence[str]) -> None:
     """``python -m machlite.sweep --job JSON``: one run of a sweep (see run_job)."""
     if len(argv) != 2 or argv[0] != "--job":
         raise SystemExit("usage: python -m machlite.sweep --job JSON (machlite sweep runs this)")
+    sys.argv = sys.argv[:1]  # main() gets its arguments as a list, not from the command line
     try:
         run_job(json.loads(argv[1]))
     except MachliteError as err:

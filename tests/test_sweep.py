@@ -409,3 +409,25 @@ def test_failed_run_is_reported_and_the_others_finish_with_two_jobs(
     with open("nets/summary.csv") as f:
         assert [r["setting"] for r in csv.DictReader(f)] == ["network=JSCTiny,max_epochs=1"]
     assert "## Failed runs" in Path("nets/summary.md").read_text()
+
+
+def test_link_option_and_dry_run_print_every_run(capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "sweep",
+        "--config",
+        str(CONFIGS / "jsc_tiny.yaml"),
+        "--grid",
+        "trainer.max_epochs=3,7",
+        "--link",
+        "lr_scheduler.init_args.T_max=trainer.max_epochs",
+        "--seeds",
+        "4",
+        "--dry_run",
+    ]
+    assert run(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("machlite fit --config ") for line in lines)
+    for line, epochs in zip(lines, (3, 7), strict=True):
+        assert f"--trainer.max_epochs {epochs} --lr_scheduler.init_args.T_max {epochs} " in line
+        assert f"--run_name max_epochs={epochs}/seed_4" in line
+    assert not Path("sweeps").exists()  # a dry run writes nothing

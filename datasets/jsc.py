@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
+from machlite.checkpoint import os_error_message
 from machlite.download import download
 from machlite.errors import ConfigError, DataError
 from machlite.types import AtLeast100, Fraction, PositiveInt
@@ -156,12 +158,23 @@ class JSCDataModule(InMemoryDataModule):
                 log.info(
                     "Writing a SYNTHETIC JSC file with %d jets to %s", self.synthetic_jets, path
                 )
-                write_synthetic_jsc(path, self.synthetic_jets)
+                try:
+                    write_synthetic_jsc(path, self.synthetic_jets)
+                except OSError as err:
+                    raise self._write_error(err, "the synthetic JSC file") from err
         elif not path.exists():
             self._download(path)
         verify_jsc_file(path)
         if self._load_cache() is None:
-            self._write_cache(preprocess(path, self.val_fraction, self.seed))
+            arrays = preprocess(path, self.val_fraction, self.seed)
+            try:
+                self._write_cache(arrays)
+            except OSError as err:
+                raise self._write_error(err, "the JSC cache") from err
+
+    def _write_error(self, err: OSError, what: str) -> DataError:
+        hint = "pass a writable --data.data_dir (or set MACHLITE_DATA_DIR)"
+        return DataError(os_error_message(err, what, hint=hint))
 
     def _download(self, path: Path) -> None:
         try:
@@ -186,9 +199,14 @@ class JSCDataModule(InMemoryDataModule):
         try:
             with np.load(path) as cache:
                 arrays = {k: cache[k] for k in _ARRAYS}
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             log.warning("Ignoring the unreadable JSC cache %s (%s); rebuilding it", path, err)
             return None
+        for split in ("train", "val", "test"):
+            x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+            if x.ndim != 2 or x.shape[1] != len(FEATURES) or len(x) != len(y) or len(y) == 0:
+                log.warning("Ignoring the inconsistent JSC cache %s; rebuilding it", path)
+                return None
         return arrays
 
     def _write_cache(self, arrays: dict[str, np.ndarray]) -> None:

@@ -109,6 +109,20 @@ class InMemoryLoader:
         self.batches_per_item = batches_per_item
         self.sampler = EpochPermutation(n, shuffle, seed, rank, world_size)
         self.batch_sampler = None  # Lightning inspects both attributes
+        self._items_done = 0
+        self._resume: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        """The position in the current epoch; Lightning stores it in checkpoints."""
+        return {"epoch": self.sampler.epoch, "items_done": self._items_done}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue a checkpointed epoch: the next pass over that epoch skips the items done.
+
+        A fit resumed from a mid-epoch checkpoint thus sees exactly the batches an
+        uninterrupted run would (Lightning does not prefetch from loaders that have a length).
+        """
+        self._resume = (int(state["epoch"]), int(state["items_done"]))
 
     @property
     def dataset(self) -> TensorDataset:
@@ -137,12 +151,12 @@ class InMemoryLoader:
     def __len__(self) -> int:
         return -(-self.num_batches() // self.batches_per_item)
 
-    def batches(self) -> Iterator[tuple[Tensor, ...]]:
-        """Yield this epoch's batches one by one."""
+    def batches(self, start: int = 0) -> Iterator[tuple[Tensor, ...]]:
+        """Yield this epoch's batches one by one, from batch ``start``."""
         contiguous = not self.sampler.shuffle and self.sampler.world_size == 1
         index = None if contiguous else self.sampler.indices().to(self.tensors[0].device)
         bs, count = self.batch_size, self.num_batches()
-        for b in range(count):
+        for b in range(start, count):
             lo, hi = b * bs, len(self.sampler) if b == count - 1 else (b + 1) * bs
             if index is None:
                 yield tuple(t[lo:hi] for t in self.tensors)
@@ -151,14 +165,20 @@ class InMemoryLoader:
                 yield tuple(t[sel] for t in self.tensors)
 
     def __iter__(self) -> Iterator[tuple[Tensor, ...] | list[tuple[Tensor, ...]]]:
+        skip, self._resume = self._resume, None
+        self._items_done = skip[1] if skip is not None and skip[0] == self.sampler.epoch else 0
         if self.batches_per_item == 1:
-            yield from self.batches()
+            for batch in self.batches(self._items_done):
+                self._items_done += 1
+                yield batch
             return
         group: list[tuple[Tensor, ...]] = []
-        for batch in self.batches():
+        for batch in self.batches(self._items_done * self.batches_per_item):
             group.append(batch)
             if len(group) == self.batches_per_item:
+                self._items_done += 1
                 yield group
                 group = []
         if group:
+            self._items_done += 1
             yield group

@@ -9,17 +9,33 @@ machlite models
 import re
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
+import lightning.pytorch as pl
+from jsonargparse import ActionConfigFile
+from jsonargparse.typing import NonNegativeInt
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from machlite.accelerator import choose_accelerator, ipu_strategy
 from machlite.callbacks import HParamsLogger, PredictionWriter, RunReport
+from machlite.checkpoint import (
+    AtomicCheckpointIO,
+    MachliteCheckpoint,
+    ResumableTensorBoardLogger,
+    ResumeState,
+    allocate_version,
+    find_last_checkpoint,
+    load_checkpoint_file,
+    plan_resume,
+)
 from machlite.datasets import InMemoryDataModule
-from machlite.errors import MachliteError
+from machlite.errors import ConfigError, MachliteError
+from machlite.explain import OneLineArgumentParser, explain
+from machlite.guards import CollapseWarning, DivergenceGuard
 from machlite.models import NETWORKS, count_parameters
 from machlite.module import Classifier
 from machlite.types import PositiveInt
@@ -78,7 +94,14 @@ class MachliteCLI(LightningCLI):
             default=False,
             help="IPU only: run on the Poplar SDK's IPU Model simulator instead of IPU hardware",
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_argument(
+            "--checkpoint_every_n_steps",
+            type=NonNegativeInt,
+            default=0,
+            help="Also refresh last.ckpt every N optimizer steps (0: at epoch ends only); a "
+            "killed fit resumes with --ckpt_path last (docs/reliability.md)",
+        )
+        parser.add_lightning_class_args(MachliteCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
@@ -149,27 +172,145 @@ class MachliteCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         return config.as_dict()
 
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """The parser, with one-line errors (machlite.explain.OneLineArgumentParser)."""
+        if hasattr(self, "parser_class"):  # lightning >= 2.1
+            if self.parser_class is LightningArgumentParser:
+                self.parser_class = OneLineArgumentParser
+            return super().init_parser(**kwargs)
+        # lightning 2.0.x (the IPU stack) builds a LightningArgumentParser itself
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
+        parser = OneLineArgumentParser(**kwargs)
+        parser.add_argument(
+            "-c", "--config", action=ActionConfigFile, help="Path to a configuration file."
+        )
+        return parser
+
+    def _parse_ckpt_path(self) -> None:
+        """As LightningCLI's (the checkpoint's hyperparameters update the model config), but
+        the file loads with ``--weights_only`` and a bad one is a one-line error."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        weights_only = self.config[subcommand].get("weights_only") is not False
+        ckpt = load_checkpoint_file(ckpt_path, "cpu", weights_only=weights_only)
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
+    def instantiate_classes(self) -> None:
+        """Instantiate as LightningCLI does; explain bad values in one line (machlite.explain)."""
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            explain(err)
+            raise
+
+    def _resolve_ckpt_path(self, save_dir: str, name: str, version: str | None) -> None:
+        """Resolve ``--ckpt_path last`` to the latest ``last.ckpt`` of this experiment.
+
+        Lightning's own "last" only looks in a new run's folder. Here it is the most recently
+        written ``RUNS_DIR/EXPERIMENT/version_N/checkpoints/last.ckpt`` (with ``--run_name``:
+        that run's). A fit then continues in that run's folder (``self._resume``), or starts a
+        new run when there is none; the other subcommands need one.
+        """
+        self._resume, self._ckpt_path = None, None
+        if self._get(self.config, "ckpt_path", default=None) != "last":
+            return
+        root = Path(save_dir) / name
+        if version:
+            ckpt = root / version / "checkpoints" / "last.ckpt"
+            ckpt = ckpt if ckpt.is_file() else None
+        else:
+            ckpt = find_last_checkpoint(root)
+        if ckpt is None:
+            if self.subcommand != "fit":
+                raise ConfigError(
+                    f"--ckpt_path last: no checkpoint found under {root} (version_N/checkpoints/"
+                    "last.ckpt): train first, or give the path of a checkpoint file"
+                )
+            print(f"machlite: no last.ckpt under {root}; starting a new run", flush=True)
+            return
+        self._ckpt_path = str(ckpt)
+        if self.subcommand == "fit":
+            self._resume = plan_resume(ckpt, weights_only=self._weights_only())
+            print(
+                f"machlite: resuming {self._resume.run_dir} from {ckpt.name} (epoch "
+                f"{self._resume.epoch}, step {self._resume.step})",
+                flush=True,
+            )
+
+    def _weights_only(self) -> bool:
+        """Checkpoints load with ``weights_only=True`` unless ``--weights_only false``."""
+        return self._get(self.config, "weights_only", default=None) is not False
+
+    def _logger(self, save_dir: str, name: str, version: str | None) -> ResumableTensorBoardLogger:
+        """The TensorBoard logger: the resumed run's folder, or a new version_N (atomic)."""
+        resume = self._resume
+        if resume is not None:
+            warnings.filterwarnings("ignore", message=r".*exists and is not empty")
+            version = resume.run_dir.name
+        elif version is None and rank_zero_only.rank == 0:
+            version = f"version_{allocate_version(Path(save_dir) / name)}"
+        return ResumableTensorBoardLogger(
+            save_dir=save_dir,
+            name=name,
+            version=version,
+            default_hp_metric=False,
+            resume_step=resume.step if resume else None,
+            resume_scalars=resume.scalars if resume else None,
+        )
+
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Add the TensorBoard logger (unless configured otherwise) and machlite's callbacks."""
         trainer_config = self._get(self.config_init, "trainer", default={})
+        run_name = self._get(self.config, "run_name")
+        name, version = self.experiment_name(), None
+        if run_name:  # RUNS_DIR/RUN_NAME exactly: TensorBoard shows the run as RUN_NAME
+            name, _, version = run_name.strip("/").rpartition("/")
+        self._resolve_ckpt_path(self._get(self.config, "runs_dir"), name, version)
         if trainer_config.get("logger") in (None, True):
-            run_name = self._get(self.config, "run_name")
-            name, version = self.experiment_name(), None
-            if run_name:  # RUNS_DIR/RUN_NAME exactly: TensorBoard shows the run as RUN_NAME
-                name, _, version = run_name.strip("/").rpartition("/")
-            kwargs["logger"] = TensorBoardLogger(
-                save_dir=self._get(self.config, "runs_dir"),
-                name=name,
-                version=version,
-                default_hp_metric=False,
-            )
+            kwargs["logger"] = self._logger(self._get(self.config, "runs_dir"), name, version)
         if getattr(self, "_strategy", None) is not None:
             kwargs["strategy"] = self._strategy
         trainer = super().instantiate_trainer(**kwargs)
         trainer.callbacks.extend([RunReport(), HParamsLogger(self.hparams())])
+        trainer.callbacks.extend([ResumeState(), DivergenceGuard(), CollapseWarning()])
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # crash-safe writes
+        if isinstance(trainer.checkpoint_callback, MachliteCheckpoint):
+            every = self._get(self.config, "checkpoint_every_n_steps", default=0) or 0
+            trainer.checkpoint_callback.last_every_n_steps = every
+        if self._resume is not None:  # the run folder has its config.yaml already
+            for callback in trainer.callbacks:
+                if isinstance(callback, SaveConfigCallback):
+                    callback.overwrite = True
         if self.subcommand == "predict":
             trainer.callbacks.append(PredictionWriter())
         return trainer
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        """Pass the resolved ``--ckpt_path last`` and ``weights_only=True`` by default."""
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") == "last":
+            kwargs["ckpt_path"] = self._ckpt_path  # None: nothing to resume, a new run
+        if "weights_only" in kwargs and kwargs["weights_only"] is None:
+            kwargs["weights_only"] = True  # never unpickle code unless --weights_only false
+        return kwargs
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run the subcommand; explain user-fixable failures in one line (machlite.explain)."""
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception as err:
+            ckpt = self._ckpt_path or self._get(self.config, "ckpt_path", default=None)
+            explain(err, self.model, ckpt)
+            raise
 
 
 def print_models() -> None:

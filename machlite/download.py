@@ -29,7 +29,7 @@ def download(
 ) -> Path:
     """Download ``url`` to ``dest`` with a progress bar; verify it before it takes its name.
 
-    The data goes to ``dest.part`` first; ``verify`` (which raises DataError on a bad file)
+    The data goes to ``dest.<pid>.part`` first; ``verify`` (which raises DataError on a bad file)
     runs on it, and only then is it renamed to ``dest``. A failed download or verification
     deletes the partial file, so a later run never sees half a file.
 
@@ -50,7 +50,7 @@ def download(
     if not url.startswith(("https://", "file://")):
         raise DataError(f"refusing to download over an insecure URL: {url}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    part = dest.with_name(f"{dest.name}.{os.getpid()}.part")  # one per process: runs may race
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None

@@ -1,6 +1,7 @@
 """Classifier: the one LightningModule, training any ``nn.Module`` network on any datamodule."""
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -10,6 +11,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from machlite.accelerator import on_ipu
 from machlite.errors import ConfigError
 from machlite.report import confusion_figure, format_confusion, per_class_accuracy
 from machlite.types import PositiveInt
@@ -74,6 +76,10 @@ class Classifier(pl.LightningModule):
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.steps_per_call = int(steps_per_call)
         self.automatic_optimization = self.steps_per_call == 1
+        #: Called as ``hook(step, loss)`` for every optimizer step, also with steps_per_call > 1
+        #: (machlite.guards.DivergenceGuard registers here).
+        self.step_hooks: list[Callable[[int, Tensor], None]] = []
+        self._on_ipu = False
         self.loss_fn = nn.CrossEntropyLoss()
         acc = {"num_classes": num_classes, "average": "micro", "validate_args": False}
         self.train_acc = MulticlassAccuracy(**acc)
@@ -127,6 +133,8 @@ class Classifier(pl.LightningModule):
     def _train_step_done(self, step: int, loss: Tensor, out: Tensor, y: Tensor) -> None:
         """Accumulate the epoch's metrics; log the step's every ``log_every_n_steps`` steps."""
         out, loss = out.detach(), loss.detach()
+        for hook in self.step_hooks:
+            hook(step, loss)
         self.train_loss.update(loss, weight=len(y))
         self.train_acc.update(out, y)
         every = self.trainer.log_every_n_steps or 1
@@ -140,7 +148,9 @@ class Classifier(pl.LightningModule):
     def _epoch_done(self, stage: str, loss: MeanMetric, acc: MulticlassAccuracy) -> None:
         """Compute, log (at the optimizer step) and reset a stage's epoch metrics."""
         suffix = "_epoch" if stage == "train" else ""
-        values = {f"{stage}/loss{suffix}": loss.compute(), f"{stage}/acc{suffix}": acc.compute()}
+        values = {f"{stage}/loss{suffix}": loss.compute()}
+        if acc.update_called:  # not on IPUs for train (the traced step returns only the loss)
+            values[f"{stage}/acc{suffix}"] = acc.compute()
         loss.reset()
         acc.reset()
         # While fitting, scalars go to the loggers at the optimizer step (the x axis of the
@@ -158,6 +168,8 @@ class Classifier(pl.LightningModule):
             x, y = batch
             out = self.network(x)
             loss = self.loss_fn(out, y)
+            if self._on_ipu:  # traced by poptorch: no host work here (see on_train_batch_end)
+                return loss
             self._train_step_done(self.global_step, loss, out, y)
             return loss
         optimizer = self.optimizers()
@@ -171,6 +183,26 @@ class Classifier(pl.LightningModule):
             self._step_schedulers("step")
             self._train_step_done(step, loss, out, y)
         return None
+
+    def setup(self, stage: str) -> None:
+        """Note whether the steps run on IPUs (traced by poptorch) or eagerly."""
+        self._on_ipu = on_ipu(self.trainer)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """IPU only: log the loss poptorch returns (of the call's last micro-batch).
+
+        On IPUs one host call runs ``ipu.device_iterations`` optimizer steps and Lightning
+        2.0.9 counts it as one ``global_step``; ``train/acc`` is not computed there.
+        """
+        if not self._on_ipu:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = loss.detach().float().mean()
+        self.train_loss.update(loss)
+        step = self.global_step - 1
+        if step % (self.trainer.log_every_n_steps or 1) == 0:
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self._write({"train/loss": loss.item(), "train/lr": lr}, step=step)
 
     def _step_schedulers(self, interval: str) -> None:
         """Manual optimization: step the LR schedulers of this interval, as Lightning would."""
@@ -271,11 +303,14 @@ class Classifier(pl.LightningModule):
                 )
                 logger.experiment.flush()
 
-    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> dict[str, Tensor]:
-        """Return the predicted ``class`` and the class ``probs`` of each sample."""
+    def predict_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> tuple[Tensor, Tensor]:
+        """Return the predicted class and the class probabilities of each sample.
+
+        A tuple, not a dict: poptorch (IPU) returns tensors and tuples only.
+        """
         out = self.network(batch[0])
         probs = out if self.outputs_probabilities else out.softmax(dim=1)
-        return {"class": probs.argmax(dim=1), "probs": probs}
+        return probs.argmax(dim=1), probs
 
     def configure_optimizers(self) -> Any:
         """Adam at 1e-3: the default when the config gives no ``optimizer`` block."""

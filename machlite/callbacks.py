@@ -76,7 +76,8 @@ class RunReport(Callback):
         if not trainer.is_global_zero:
             return
         accel = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
-        print(f"machlite: run {where} on {accel} x{trainer.num_devices}", flush=True)
+        nodes = f" on each of {trainer.num_nodes} nodes" if trainer.num_nodes > 1 else ""
+        print(f"machlite: run {where} on {accel} x{trainer.num_devices}{nodes}", flush=True)
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

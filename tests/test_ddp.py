@@ -9,6 +9,7 @@ data are SYNTHETIC JSC jets: the accuracies compared here say nothing about real
 import csv
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -96,28 +97,36 @@ class RankProbe(Callback):
         torch.save(state, self.out / f"state_rank{trainer.global_rank}.pt")
 
 
-def _machlite(args: list[str], cwd: Path, probe: Path | None = None) -> tuple[int, str]:
-    """Run ``python -m machlite.cli ARGS`` (DDP: it starts the other rank); return rc, output."""
+def _start(command: list[str], cwd: Path, probe: Path | None = None) -> subprocess.Popen:
     env = dict(os.environ, MACHLITE_OFFLINE="1", PYTHONPATH=str(REPO))
-    env.pop("LOCAL_RANK", None)
+    for name in ("LOCAL_RANK", "MASTER_PORT", "MASTER_ADDR", "NODE_RANK", "WORLD_SIZE"):
+        env.pop(name, None)
     if probe is not None:
         env[PROBE_ENV] = str(probe)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "machlite.cli", *args],
+    return subprocess.Popen(
+        command,
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        start_new_session=True,  # so a hang can be ended with the rank it started
+        start_new_session=True,  # so a hang can be ended with the ranks it started
     )
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str]:
     try:
         out, _ = proc.communicate(timeout=400)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
-        pytest.fail(f"machlite {args[0]} under DDP did not finish:\n{out[-3000:]}")
+        pytest.fail(f"{proc.args} did not finish:\n{out[-3000:]}")
     return proc.returncode, out
+
+
+def _machlite(args: list[str], cwd: Path, probe: Path | None = None) -> tuple[int, str]:
+    """Run ``python -m machlite.cli ARGS`` (DDP: it starts the other rank); return rc, output."""
+    return _finish(_start([sys.executable, "-m", "machlite.cli", *args], cwd, probe))
 
 
 def _data(data_dir: Path) -> list[str]:
@@ -289,3 +298,38 @@ def test_ddp_missing_data_stops_both_ranks_with_one_line(tmp_path: Path) -> None
     errors = [line for line in out.splitlines() if line.startswith("machlite: error:")]
     assert len(errors) == 1 and "JSC file" in errors[0] and "--data.source synthetic" in errors[0]
     assert "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_train_as_one_job(ddp_fit: dict[str, Any], tmp_path: Path) -> None:
+    """docs/distributed.md's torchrun command, as two 'nodes' of one process on localhost."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
+    fit = [
+        "fit",
+        *_data(ddp_fit["data"]),
+        *["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "1"],
+        *["--trainer.num_nodes", "2", "--trainer.max_epochs", "1"],
+        *["--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1"],
+    ]
+    nodes = [
+        _start(
+            [
+                *torchrun,
+                *["--nproc_per_node", "1", "--node_rank", str(rank)],
+                *["--master_addr", "127.0.0.1", "--master_port", str(port)],
+                *["-m", "machlite.cli", *fit],
+            ],
+            tmp_path,
+        )
+        for rank in (0, 1)
+    ]
+    (rc0, out0), (rc1, out1) = (_finish(node) for node in nodes)
+    assert rc0 == 0 and rc1 == 0, (out0[-2000:], out1[-2000:])
+    assert "MEMBER: 2/2" in out0 + out1
+    assert "on cpu x1 on each of 2 nodes" in out0 and "machlite: run" not in out1
+    runs = list((tmp_path / "runs" / "jsc_tiny_synthetic").iterdir())
+    assert len(runs) == 1 and (runs[0] / "checkpoints" / "last.ckpt").is_file()
+    assert len(_scalars(runs[0], "val/acc")) == 1

@@ -9,10 +9,12 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from machlite.accelerator import on_ipu
 from machlite.errors import ConfigError, MachliteError
 from machlite.paths import resolve_data_dir
 from machlite.types import PositiveInt
 
+from .ipu import ipu_loader
 from .loader import InMemoryLoader
 
 Split = tuple[Tensor, Tensor]
@@ -120,7 +122,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         if trainer is None:
             return torch.device("cpu")
         device = trainer.strategy.root_device
-        if device.type != "cuda":
+        if device is None or device.type != "cuda":  # IPUStrategy has no root device
             return torch.device("cpu")
         size = sum(x.nbytes + y.nbytes for x, y in splits.values())
         free, _ = torch.cuda.mem_get_info(device)
@@ -140,6 +142,9 @@ class InMemoryDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> InMemoryLoader:
         if split not in self.splits:
             self.setup()
+        if on_ipu(self.trainer):  # poptorch batches an ordinary DataLoader itself
+            size = self.batch_size if shuffle else self.eval_batch_size
+            return ipu_loader(self.splits[split], size, shuffle, self.seed)
         rank, world_size = self._rank()
         need = 2 * world_size if shuffle else world_size  # training batches need 2 samples
         if len(self.splits[split][1]) < need:

@@ -140,7 +140,7 @@ class MNISTDataModule(InMemoryDataModule):
     def train_dataloader(self) -> InMemoryLoader | RandomShiftLoader:
         """Shuffled training batches, randomly shifted when ``augment_shift`` > 0."""
         loader = super().train_dataloader()
-        if self.augment_shift == 0:
+        if self.augment_shift == 0 or not isinstance(loader, InMemoryLoader):  # IPU: plain data
             return loader
         background = (0.0 - MNIST_MEAN) / MNIST_STD
         return RandomShiftLoader(loader, self.augment_shift, fill=background)

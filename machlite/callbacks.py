@@ -131,8 +131,8 @@ class PredictionWriter(BasePredictionWriter):
     ) -> None:
         folder = Path(self.output_dir or trainer.log_dir or ".")
         folder.mkdir(parents=True, exist_ok=True)
-        classes = torch.cat([p["class"] for p in predictions]).cpu()
-        probs = torch.cat([p["probs"] for p in predictions]).float().cpu()
+        classes = torch.cat([p[0] for p in predictions]).cpu()
+        probs = torch.cat([p[1] for p in predictions]).float().cpu()
         if trainer.world_size > 1:  # DDP: rank 0 writes every rank's shard, in data order
             classes, probs = _gather_shards(trainer, classes, probs)
             if not trainer.is_global_zero:

@@ -1,0 +1,43 @@
+"""Accelerator choice on the main stack (no poptorch, lightning without IPU support)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from machlite.accelerator import choose_accelerator, lightning_has_ipu
+from machlite.errors import ConfigError
+
+from .conftest import CONFIGS
+from .test_cli import run, synthetic
+
+pytestmark = pytest.mark.skipif(lightning_has_ipu(), reason="main stack only (no in-tree IPU)")
+
+
+def test_ipu_request_stops_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    config = ["--config", str(CONFIGS / "mnist_graphcore.yaml")]
+    assert run(["fit", *config, "--trainer.accelerator", "ipu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("machlite: error: --trainer.accelerator ipu:")
+    for needed in ("has no IPU support", "lightning 2.0.9", "torch 2.0.1", "Python 3.10"):
+        assert needed in err[0]
+    assert "pip install -e '.[ipu]'" in err[0] and "docs/ipu.md" in err[0]
+
+
+def test_auto_says_what_it_picked_and_why(
+    jsc_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    accelerator, reason = choose_accelerator("auto")
+    assert accelerator == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert "no IPU" in reason
+    config = ["--config", str(CONFIGS / "jsc_tiny.yaml"), *synthetic(jsc_data_dir)]
+    assert run(["fit", *config, "--trainer.fast_dev_run", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"machlite: accelerator {accelerator} (" in out
+    assert f" on {accelerator} x1" in out  # RunReport: what Lightning really used
+
+
+def test_explicit_accelerator_is_kept() -> None:
+    assert choose_accelerator("cpu") == ("cpu", "set by trainer.accelerator")
+    with pytest.raises(ConfigError, match="has no IPU support"):
+        choose_accelerator("IPU")

@@ -427,6 +427,42 @@ def parse_sweep(argv: Sequence[str]) -> tuple[Sweep, Any]:
     return sweep, args
 
 
+def check_settings(sweep: Sweep) -> None:
+    """Parse every setting's ``machlite fit`` arguments (``--print_config``, no training), so
+    that a misspelt key or a bad value stops the sweep before any run starts.
+
+    Raises:
+        ConfigError: A setting's arguments do not parse; says which and why.
+    """
+    import contextlib
+    import io
+    import warnings
+
+    from machlite.cli import main as cli_main
+
+    checked: set[str] = set()
+    for run in expand(sweep):
+        if run.setting in checked:
+            continue
+        checked.add(run.setting)
+        err = io.StringIO()
+        code = 0
+        try:
+            with (
+                contextlib.redirect_stdout(io.StringIO()),
+                contextlib.redirect_stderr(err),
+                warnings.catch_warnings(),
+            ):
+                warnings.simplefilter("ignore")
+                cli_main([*fit_args(sweep, run), "--print_config"])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        if code:
+            lines = [line.strip() for line in err.getvalue().splitlines() if line.strip()]
+            reason = lines[-1] if lines else f"exit {code}"
+            raise ConfigError(f"setting {run.setting}: {reason.removeprefix('machlite: error: ')}")
+
+
 # -- one run (the subprocess) -----------------------------------------------------------------
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` through a temporary file and a rename."""
@@ -926,6 +962,7 @@ def main(argv: Sequence[str]) -> None:
         MachliteError: Bad options, or some runs failed (after the others finished).
     """
     sweep, args = parse_sweep(argv)
+    check_settings(sweep)
     if args.dry_run:
         for run in expand(sweep):
             print("machlite " + shlex.join(run_args(sweep, run)))

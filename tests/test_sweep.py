@@ -431,3 +431,15 @@ def test_link_option_and_dry_run_print_every_run(capsys: pytest.CaptureFixture[s
         assert f"--trainer.max_epochs {epochs} --lr_scheduler.init_args.T_max {epochs} " in line
         assert f"--run_name max_epochs={epochs}/seed_4" in line
     assert not Path("sweeps").exists()  # a dry run writes nothing
+
+
+def test_a_misspelt_swept_key_stops_the_sweep_before_any_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = str(CONFIGS / "jsc_tiny.yaml")
+    assert run(["sweep", "--config", config, "--grid", "data.batch_sise=32,64"]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("machlite: error: setting batch_sise=32: ") and "batch_sise" in line
+    assert run(["sweep", "--config", config, "--grid", "optimizer.lr=1e-3,fast"]) == 2
+    assert "setting lr=fast: " in one_error_line(capsys)
+    assert not Path("sweeps").exists()

@@ -124,8 +124,13 @@ class Classifier(pl.LightningModule):
 
     # -- logging -----------------------------------------------------------------------------
     def _write(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Send scalars to every logger at ``step`` (default: the current optimizer step)."""
+        """Send scalars to every logger at ``step`` (default: the current optimizer step).
+
+        Under DDP only rank 0 writes (its step values are its own batch's).
+        """
         if self._trainer is None or self.trainer.sanity_checking:
+            return
+        if not self.trainer.is_global_zero:
             return
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.global_step if step is None else step)

@@ -124,7 +124,8 @@ class MachliteCLI(LightningCLI):
         if not isinstance(trainer.accelerator, str):
             return
         accelerator, reason = choose_accelerator(trainer.accelerator)
-        print(f"machlite: accelerator {accelerator} ({reason})", flush=True)
+        if rank_zero_only.rank == 0:  # DDP: the launched ranks re-run this
+            print(f"machlite: accelerator {accelerator} ({reason})", flush=True)
         trainer.accelerator = accelerator
         if accelerator != "ipu":
             return
@@ -237,7 +238,9 @@ class MachliteCLI(LightningCLI):
             print(f"machlite: no last.ckpt under {root}; starting a new run", flush=True)
             return
         self._ckpt_path = str(ckpt)
-        if self.subcommand == "fit":
+        if self.subcommand != "fit":
+            print(f"machlite: --ckpt_path last is {ckpt}", flush=True)
+        else:
             self._resume = plan_resume(ckpt, weights_only=self._weights_only())
             print(
                 f"machlite: resuming {self._resume.run_dir} from {ckpt.name} (epoch "

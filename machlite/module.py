@@ -138,8 +138,6 @@ class Classifier(pl.LightningModule):
     def _train_step_done(self, step: int, loss: Tensor, out: Tensor, y: Tensor) -> None:
         """Accumulate the epoch's metrics; log the step's every ``log_every_n_steps`` steps."""
         out, loss = out.detach(), loss.detach()
-        for hook in self.step_hooks:
-            hook(step, loss)
         self.train_loss.update(loss, weight=len(y))
         self.train_acc.update(out, y)
         every = self.trainer.log_every_n_steps or 1
@@ -149,6 +147,8 @@ class Classifier(pl.LightningModule):
             acc = (out.argmax(dim=1) == y).float().mean().item()
             self.log("train/loss", value, prog_bar=True, logger=False)
             self._write({"train/loss": value, "train/acc": acc, "train/lr": lr}, step=step)
+        for hook in self.step_hooks:  # after logging: a diverged step still shows on the curves
+            hook(step, loss)
 
     def _epoch_done(self, stage: str, loss: MeanMetric, acc: MulticlassAccuracy) -> None:
         """Compute, log (at the optimizer step) and reset a stage's epoch metrics."""

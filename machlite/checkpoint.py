@@ -202,7 +202,10 @@ def _write_error(err: OSError, what: str) -> MachliteError:
 
 
 class MachliteCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that also refreshes ``last.ckpt`` every ``last_every_n_steps`` steps.
+    """ModelCheckpoint whose ``last.ckpt`` is the latest epoch, and every N steps if asked.
+
+    ``last.ckpt`` is written at every epoch end (Lightning 2.6 skips it when ``val/acc`` did
+    not improve), and also every ``last_every_n_steps`` optimizer steps.
 
     Lightning's ``every_n_train_steps`` saves only when ``global_step`` is an exact multiple,
     which a module taking K optimizer steps per call (``model.steps_per_call``) can jump over;
@@ -214,6 +217,33 @@ class MachliteCheckpoint(ModelCheckpoint):
 
     last_every_n_steps: int = 0
     _step_seen: int = 0
+
+    def _save_last_at_epoch_end(self, trainer: pl.Trainer) -> None:
+        """Write ``last.ckpt`` if this epoch end wrote nothing.
+
+        Lightning 2.6 refreshes ``last.ckpt`` only when a top-k checkpoint was saved at the
+        same step, so after an epoch that did not improve ``val/acc`` the "last" checkpoint
+        would be an older epoch's. Here it is always the latest epoch.
+        """
+        if (
+            self.save_last is True
+            and self._every_n_epochs >= 1
+            and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+            and not self._should_skip_saving_checkpoint(trainer)  # incl. saved at this step
+        ):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Save as ModelCheckpoint does, and ``last.ckpt`` at every epoch end."""
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_at_epoch_end(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Save as ModelCheckpoint does, and ``last.ckpt`` after every epoch's validation."""
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_at_epoch_end(trainer)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Start counting steps from where the run (or the resumed run) starts."""

@@ -278,6 +278,22 @@ def test_checkpoint_every_n_steps_with_k_steps_per_call(
     assert saved == [67, 134]
 
 
+def test_last_ckpt_is_the_latest_epoch_and_a_finished_run_can_train_longer(
+    jsc_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """val/acc falls in epoch 1 here: Lightning 2.6 alone would keep epoch 0 as last.ckpt."""
+    args = ["fit", "--config", TINY, *synthetic(jsc_data_dir), "--experiment", "ext", *QUIET]
+    assert run([*args, "--trainer.max_epochs", "2"]) == 0
+    folder = Path("runs/ext_synthetic/version_0/checkpoints")
+    assert [p.name for p in folder.glob("best-*")] == ["best-epoch00-val_acc0.2766.ckpt"]
+    last = load_checkpoint_file(folder / "last.ckpt")
+    assert (last["epoch"], last["global_step"]) == (1, 18)  # 9 steps per epoch
+    assert run([*args, "--trainer.max_epochs", "3", "--ckpt_path", "last"]) == 0
+    assert "from last.ckpt (epoch 1, step 18)" in capsys.readouterr().out
+    assert [s for s, _ in scalars(folder.parent)["val/acc"]] == [9, 18, 27]
+    assert load_checkpoint_file(folder / "last.ckpt")["global_step"] == 27
+
+
 # -- atomic writes -----------------------------------------------------------------------------
 _HANG_WRITER = r"""
 import sys, time

@@ -685,6 +685,9 @@ def test_data_dir_that_is_not_writable_is_one_line(
     err = one_error_line(capsys)
     assert "cannot write the synthetic JSC file" in err and "(Not a directory)" in err
     assert "pass a writable --data.data_dir" in err
+    assert run([*args, "--runs_dir", str(blocker / "runs")]) == 1  # the same for runs_dir
+    err = one_error_line(capsys)
+    assert "cannot write the run folder under" in err and "--runs_dir" in err
     if os.geteuid() != 0:  # root writes anywhere: the permission case needs a normal user
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ..conftest import CONFIGS, MNIST_GZ, SHARED_MNIST
+from ..conftest import CONFIGS
 from .conftest import EMULATOR_DIR, is_lightning_2_0
 
 pytestmark = pytest.mark.ipu
@@ -57,20 +57,11 @@ def _test_acc(output: str) -> float:
     return float(match.group(1)) / 100
 
 
-@pytest.fixture(scope="module")
-def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not all((SHARED_MNIST / name).is_file() for name in MNIST_GZ):
-        pytest.skip(f"real MNIST copy not found in {SHARED_MNIST} (needs ../shared/data/mnist)")
-    root = tmp_path_factory.mktemp("mnist")
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in MNIST_GZ:
-        (raw / name).write_bytes((SHARED_MNIST / name).read_bytes())
-    return root
-
-
 def test_mnist_graphcore_on_ipu_matches_cpu(mnist_dir: Path, tmp_path: Path) -> None:
-    """The tutorial config on a slice of real MNIST: IPU (emulated) and CPU agree within 1 pp."""
+    """The tutorial config on a slice of real MNIST: IPU (emulated) and CPU agree within 1 pp.
+
+    ``mnist_dir`` (tests/conftest.py) skips with a reason when ../shared/data/mnist is absent.
+    """
     config = ["--config", str(CONFIGS / "mnist_graphcore.yaml"), "--data.data_dir", str(mnist_dir)]
     # a slice: the first 6,000 training images of epoch 0 (750 batches of 8), 1,000 val images
     fit = [*config, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "750"]

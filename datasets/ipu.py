@@ -9,6 +9,7 @@ permutation as :class:`InMemoryLoader`: an IPU run sees the batches a CPU run se
 
 from collections.abc import Iterator
 
+import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
@@ -49,4 +50,9 @@ def ipu_loader(
     """
     cpu = tuple(t.cpu() for t in tensors)
     sampler = PermutationSampler(EpochPermutation(len(cpu[0]), shuffle, seed))
-    return DataLoader(TensorDataset(*cpu), batch_size=batch_size, sampler=sampler)
+    # Its own generator: a DataLoader otherwise draws its worker seed from the global RNG
+    # at every epoch, which would shift the dropout masks against a CPU run's.
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        TensorDataset(*cpu), batch_size=batch_size, sampler=sampler, generator=generator
+    )

@@ -88,13 +88,12 @@ def choose_accelerator(requested: str) -> tuple[str, str]:
         return "ipu", found
     if name != "auto":
         return requested, "set by trainer.accelerator"
-    no_ipu = (
-        poptorch_state()[1]
-        if lightning_has_ipu()
-        else f"no IPU: lightning {lightning} has no IPU support"
-    )
-    if lightning_has_ipu() and poptorch_state()[0]:
-        return "ipu", poptorch_state()[1]
+    if lightning_has_ipu():
+        available, no_ipu = poptorch_state()
+        if available:
+            return "ipu", no_ipu
+    else:
+        no_ipu = f"no IPU: lightning {lightning} has no IPU support"
     if torch.cuda.is_available():
         return "cuda", f"{_gpu_reason()}; {no_ipu}"
     return "cpu", f"no CUDA GPU; {no_ipu}"

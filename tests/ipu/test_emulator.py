@@ -7,34 +7,21 @@ Runs only on the Python 3.10 "IPU-era" stack (lightning 2.0.x); skipped elsewher
 from __future__ import annotations
 
 import logging
-import sys
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .conftest import is_lightning_2_0, lightning_version
+
 pytestmark = pytest.mark.ipu
 
-EMULATOR_DIR = Path(__file__).resolve().parent / "emulator"
-
-
-def _lightning_version() -> str | None:
-    try:
-        return metadata.version("lightning")
-    except metadata.PackageNotFoundError:
-        return None
-
-
-_VERSION = _lightning_version()
-if _VERSION is None or not _VERSION.startswith("2.0."):
+if not is_lightning_2_0():
     pytest.skip(
         "IPU emulator tests need lightning 2.0.x (in-tree IPUStrategy); "
-        f"found lightning {_VERSION}",
+        f"found lightning {lightning_version()}",
         allow_module_level=True,
     )
-if str(EMULATOR_DIR) not in sys.path:
-    sys.path.insert(0, str(EMULATOR_DIR))
 
 import poptorch  # noqa: E402
 import torch  # noqa: E402

@@ -20,7 +20,11 @@ from machlite.module import Classifier
 
 
 class EpochTimer(Callback):
-    """Time from the start of the (last) training epoch to its end; validation included."""
+    """Time one training epoch: from its start to the end of training.
+
+    The end of training comes after everything the epoch triggers: validation (when it
+    runs), the epoch metrics and their logging, and the checkpoints. Use with one epoch.
+    """
 
     def __init__(self) -> None:
         self.seconds = float("nan")
@@ -28,7 +32,7 @@ class EpochTimer(Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.seconds = time.perf_counter() - self._start
 
 
@@ -167,8 +171,28 @@ def compare(
     return results
 
 
+def environment() -> dict[str, str | int | float]:
+    """What the numbers were measured on: versions, CPU count and the load average."""
+    import os
+    import platform
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": pl.__version__,
+        "cpu_count": os.cpu_count() or 0,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min": os.getloadavg()[0],
+    }
+
+
 def report(path: str | None, results: dict) -> None:
-    """Print the results as a Markdown table and write them to ``path`` as JSON (if given)."""
+    """Print the results as a Markdown table and write them to ``path`` as JSON (if given).
+
+    The machine's description (:func:`environment`, taken now, at the end of the run) is
+    written with them.
+    """
+    results = {**results, **{f"env_{k}": v for k, v in environment().items()}}
     print("\n| measure | value |\n|---|---:|")
     for key, value in results.items():
         print(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")

@@ -6,7 +6,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -16,7 +18,14 @@ from machlite.errors import ConfigError
 from machlite.report import confusion_figure, format_confusion, per_class_accuracy
 from machlite.types import PositiveInt
 
+try:  # lightning >= 2.1
+    from lightning.pytorch.plugins.precision import Precision
+except ImportError:  # lightning 2.0 (the IPU stack)
+    from lightning.pytorch.plugins.precision import PrecisionPlugin as Precision
+
 Batch = tuple[Tensor, Tensor]
+#: Hooks Lightning calls around every manual backward and optimizer step.
+_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 # Under DDP the epoch values logged below come from torchmetrics' compute(), which already
 # reduces over all ranks; Lightning's advice to add sync_dist=True does not apply to them.
@@ -80,6 +89,7 @@ class Classifier(pl.LightningModule):
         #: (machlite.guards.DivergenceGuard registers here).
         self.step_hooks: list[Callable[[int, Tensor], None]] = []
         self._on_ipu = False
+        self._fast_steps = False
         self.loss_fn = nn.CrossEntropyLoss()
         acc = {"num_classes": num_classes, "average": "micro", "validate_args": False}
         self.train_acc = MulticlassAccuracy(**acc)
@@ -135,13 +145,9 @@ class Classifier(pl.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(metrics, step=self.global_step if step is None else step)
 
-    def _train_step_done(self, step: int, loss: Tensor, out: Tensor, y: Tensor) -> None:
-        """Accumulate the epoch's metrics; log the step's every ``log_every_n_steps`` steps."""
-        out, loss = out.detach(), loss.detach()
-        self.train_loss.update(loss, weight=len(y))
-        self.train_acc.update(out, y)
-        every = self.trainer.log_every_n_steps or 1
-        if step % every == 0:
+    def _log_step(self, step: int, loss: Tensor, out: Tensor, y: Tensor) -> None:
+        """Log a step's loss, accuracy and lr when due (every ``log_every_n_steps`` steps)."""
+        if step % (self.trainer.log_every_n_steps or 1) == 0:
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             value = loss.item()
             acc = (out.argmax(dim=1) == y).float().mean().item()
@@ -175,19 +181,75 @@ class Classifier(pl.LightningModule):
             loss = self.loss_fn(out, y)
             if self._on_ipu:  # traced by poptorch: no host work here (see on_train_batch_end)
                 return loss
-            self._train_step_done(self.global_step, loss, out, y)
+            out, value = out.detach(), loss.detach()
+            self.train_loss.update(value, weight=len(y))
+            self.train_acc.update(out, y)
+            self._log_step(self.global_step, value, out, y)
             return loss
+        return self._multi_step(batch)
+
+    def _multi_step(self, batch: list[Batch]) -> None:
+        """Manual optimization: one optimizer step per batch of ``batch``, as Lightning would.
+
+        On the fast path (see :meth:`_skips_step_hooks`) the backward pass and the optimizer
+        step are called directly: the same arithmetic in the same order, without Lightning's
+        per-step dispatch of hooks that nothing here overrides. Lightning's optimizer-step
+        counter (``global_step``) and profiler still see every step. The epoch metrics are
+        updated once per call, with all the call's outputs.
+        """
         optimizer = self.optimizers()
-        for x, y in batch:
-            step = self.global_step
+        raw = optimizer.optimizer
+        configs = self.trainer.lr_scheduler_configs
+        schedulers = [c.scheduler for c in configs if c.interval == "step"]
+        fast = self._fast_steps
+        start = self.global_step
+        outs, losses = [], []
+        for i, (x, y) in enumerate(batch):
             out = self.network(x)
             loss = self.loss_fn(out, y)
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            optimizer.step()
-            self._step_schedulers("step")
-            self._train_step_done(step, loss, out, y)
-        return None
+            if fast:
+                raw.zero_grad()
+                loss.backward()
+                optimizer._on_before_step()  # Lightning's step counter and profiler
+                raw.step()
+                optimizer._on_after_step()
+            else:
+                optimizer.zero_grad()
+                self.manual_backward(loss)
+                optimizer.step()
+            out, loss = out.detach(), loss.detach()
+            outs.append(out)
+            losses.append(loss)
+            self._log_step(start + i, loss, out, y)  # with the lr this step used
+            for scheduler in schedulers:
+                scheduler.step()
+        sizes = torch.tensor([len(y) for _, y in batch], dtype=torch.float32, device=self.device)
+        self.train_loss.update(torch.stack(losses), weight=sizes)
+        self.train_acc.update(torch.cat(outs), torch.cat([y for _, y in batch]))
+
+    def _skips_step_hooks(self) -> bool:
+        """Whether the multi-step calls may bypass Lightning's per-step hook dispatch.
+
+        Only when nothing could notice: one process (no DDP gradient hooks), 32-bit
+        precision (no autocast or loss scaling), no callback and no module subclass that
+        overrides ``on_before_backward``, ``backward``, ``on_after_backward`` or
+        ``on_before_optimizer_step``. Otherwise every step goes through Lightning's
+        ``manual_backward`` and ``LightningOptimizer.step``, with all their hooks.
+        """
+        trainer = self.trainer
+        if type(trainer.strategy) is not SingleDeviceStrategy:
+            return False
+        if type(trainer.strategy.precision_plugin) is not Precision:
+            return False
+        for callback in trainer.callbacks:
+            if any(getattr(type(callback), h) is not getattr(Callback, h) for h in _STEP_HOOKS):
+                return False
+        own = (*_STEP_HOOKS, "backward")
+        return all(getattr(type(self), h) is getattr(Classifier, h) for h in own)
+
+    def on_train_start(self) -> None:
+        """Choose the multi-step path once per fit (see :meth:`_skips_step_hooks`)."""
+        self._fast_steps = not self.automatic_optimization and self._skips_step_hooks()
 
     def setup(self, stage: str) -> None:
         """Note whether the steps run on IPUs (traced by poptorch) or eagerly."""

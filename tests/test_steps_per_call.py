@@ -2,16 +2,46 @@
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from .conftest import CONFIGS
 from .test_cli import run, synthetic
 
+#: What the probe callbacks saw, by experiment name.
+SEEN: dict[str, dict[str, int | bool]] = {}
 
-def _fit(jsc_data_dir: Path, k: int, config: str) -> tuple[dict, list[tuple[int, float]], int]:
-    name = f"k{k}_{config.split('.')[0]}"
+
+class PathProbe(Callback):
+    """Records whether the module took the fast multi-step path (overrides no step hook)."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        seen = SEEN.setdefault(trainer.logger.name, {})
+        seen["fast"] = pl_module._fast_steps
+        seen["global_step"] = trainer.global_step
+
+
+class StepHookCounter(PathProbe):
+    """Uses the per-step hooks, so the module must call them on every optimizer step."""
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        seen = SEEN.setdefault(trainer.logger.name, {})
+        seen["after_backward"] = seen.get("after_backward", 0) + 1
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        seen = SEEN.setdefault(trainer.logger.name, {})
+        seen["before_optimizer_step"] = seen.get("before_optimizer_step", 0) + 1
+
+
+def _fit(
+    jsc_data_dir: Path, k: int, config: str, probe: str = "PathProbe"
+) -> tuple[dict, dict[str, list[tuple[int, float]]], int, str]:
+    name = f"k{k}_{probe}_{config.split('.')[0]}"
     args = [
         "fit",
         "--config",
@@ -27,22 +57,90 @@ def _fit(jsc_data_dir: Path, k: int, config: str) -> tuple[dict, list[tuple[int,
         str(k),
         "--experiment",
         name,
+        f"--trainer.callbacks+=tests.test_steps_per_call.{probe}",
     ]
     assert run(args) == 0
     run_dir = next(Path(f"runs/{name}_synthetic").glob("version_*"))
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
-    curve = [(e.step, e.value) for e in acc.Scalars("train/loss")]
-    return ckpt["state_dict"], curve, ckpt["global_step"]
+    curves = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return ckpt["state_dict"], curves, ckpt["global_step"], f"{name}_synthetic"
+
+
+def _values(curve: list[tuple[int, float]]) -> list[float]:
+    return [v for _, v in curve]
 
 
 @pytest.mark.parametrize("config", ["jsc_will.yaml", "jsc_tiny.yaml"])
 def test_multi_step_calls_match_single_steps(jsc_data_dir: Path, config: str) -> None:
-    one_weights, one_curve, one_steps = _fit(jsc_data_dir, 1, config)
-    k_weights, k_curve, k_steps = _fit(jsc_data_dir, 5, config)
-    assert one_steps == k_steps > 20
+    one_weights, one_curves, one_steps, one_name = _fit(jsc_data_dir, 1, config)
+    k_weights, k_curves, k_steps, k_name = _fit(jsc_data_dir, 5, config)
+    assert SEEN[one_name]["fast"] is False  # one step per call: Lightning's automatic path
+    assert SEEN[k_name]["fast"] is True  # the fast path is what is compared here
+    assert one_steps == k_steps == SEEN[k_name]["global_step"] > 20
+    one_curve, k_curve = one_curves["train/loss"], k_curves["train/loss"]
     assert [s for s, _ in one_curve] == [s for s, _ in k_curve] == list(range(one_steps))
-    assert [v for _, v in one_curve] == pytest.approx([v for _, v in k_curve], abs=1e-6)
+    assert _values(one_curve) == pytest.approx(_values(k_curve), abs=1e-6)
+    assert one_curves.keys() == k_curves.keys()
+    for tag in ("train/acc", "train/lr", "train/loss_epoch", "train/acc_epoch", "val/acc"):
+        assert [s for s, _ in one_curves[tag]] == [s for s, _ in k_curves[tag]], tag
+        assert _values(one_curves[tag]) == pytest.approx(_values(k_curves[tag]), abs=1e-6), tag
     assert one_weights.keys() == k_weights.keys()
     for name, value in one_weights.items():
         assert torch.allclose(value.float(), k_weights[name].float(), atol=1e-6), name
+
+
+def test_step_hooks_are_called_when_a_callback_needs_them(jsc_data_dir: Path) -> None:
+    """A callback overriding a per-step hook turns the fast path off, with the same results."""
+    fast_weights, fast_curves, fast_steps, fast_name = _fit(jsc_data_dir, 5, "jsc_tiny.yaml")
+    hook_weights, hook_curves, hook_steps, hook_name = _fit(
+        jsc_data_dir, 5, "jsc_tiny.yaml", probe="StepHookCounter"
+    )
+    assert SEEN[fast_name]["fast"] is True
+    assert SEEN[hook_name]["fast"] is False
+    assert SEEN[hook_name]["after_backward"] == hook_steps == fast_steps > 20
+    assert SEEN[hook_name]["before_optimizer_step"] == hook_steps
+    assert fast_curves["train/loss"] == hook_curves["train/loss"]
+    for name, value in fast_weights.items():
+        assert torch.equal(value, hook_weights[name]), name
+
+
+def test_mnist_multi_step_calls_match_single_steps(mnist_dir: Path) -> None:
+    """configs/mnist.yaml (16 steps per call, random shifts) on real MNIST: K=1 vs K=4."""
+    results = {}
+    for k, calls in ((1, 24), (4, 6)):  # 24 optimizer steps either way
+        name = f"mnist_k{k}"
+        args = [
+            "fit",
+            "--config",
+            str(CONFIGS / "mnist.yaml"),
+            "--data.data_dir",
+            str(mnist_dir),
+            "--data.batch_size",
+            "16",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            str(calls),
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.log_every_n_steps",
+            "1",
+            "--model.steps_per_call",
+            str(k),
+            "--experiment",
+            name,
+            "--trainer.callbacks+=tests.test_steps_per_call.PathProbe",
+        ]
+        assert run(args) == 0
+        run_dir = next(Path(f"runs/{name}").glob("version_*"))
+        ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+        acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+        results[k] = ckpt, [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert SEEN["mnist_k4"]["fast"] is True
+    (one, one_curve), (four, four_curve) = results[1], results[4]
+    assert one["global_step"] == four["global_step"] == 24
+    assert [s for s, _ in one_curve] == [s for s, _ in four_curve] == list(range(24))
+    assert _values(one_curve) == pytest.approx(_values(four_curve), abs=1e-5)
+    for name, value in one["state_dict"].items():
+        assert torch.allclose(value, four["state_dict"][name], atol=1e-6), name

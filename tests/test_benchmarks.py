@@ -1,0 +1,53 @@
+"""The epoch benchmarks run end to end and write the JSON keys the speed targets are read from.
+
+These are smoke runs on tiny inputs: they check the scripts work, not how fast anything is.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, SHARED_MNIST
+
+
+def _run(script: str, args: list[str], out: Path) -> dict:
+    cmd = [sys.executable, str(REPO / "benchmarks" / script), *args, "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| measure | value |" in proc.stdout
+    return json.loads(out.read_text())
+
+
+def _check_variants(results: dict, prefix: str) -> None:
+    for variant in ("machlite_train", "machlite_train_val", "plain", "machop_style"):
+        assert results[f"{prefix}_{variant}_s"] > 0, variant
+    assert results[f"{prefix}_machlite_over_plain"] == pytest.approx(
+        results[f"{prefix}_machlite_train_s"] / results[f"{prefix}_plain_s"]
+    )
+    assert results[f"{prefix}_machopstyle_over_machlite"] == pytest.approx(
+        results[f"{prefix}_machop_style_s"] / results[f"{prefix}_machlite_train_val_s"]
+    )
+
+
+def test_jsc_benchmark_writes_every_ratio(tmp_path: Path) -> None:
+    args = ["--jets", "4000", "--repeats", "1", "--batch-sizes", "256", "32"]
+    results = _run("jsc_epoch.py", args, tmp_path / "jsc.json")
+    assert results["train_jets"] > 2000
+    assert results["jsc_cache_speedup"] == pytest.approx(
+        results["setup_first_s"] / results["setup_cached_s"]
+    )
+    _check_variants(results, "jsc_bs256")
+    _check_variants(results, "jsc_bs32")
+    assert results["env_cpu_count"] >= 1
+
+
+@pytest.mark.slow
+def test_mnist_benchmark_writes_every_ratio(tmp_path: Path) -> None:
+    if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real MNIST copy not found in {SHARED_MNIST} (needs ../shared/data/mnist)")
+    args = ["--mnist", str(SHARED_MNIST), "--repeats", "1", "--batch-sizes", "1000"]
+    results = _run("mnist_epoch.py", args, tmp_path / "mnist.json")
+    _check_variants(results, "mnist_bs1000")

@@ -108,7 +108,11 @@ def machop_style_epoch(
 ) -> float:
     """One epoch machop's way: a map-style dataset + DataLoader (2 workers), per-step
     logging, progress bar, and validation on the training set. Validation included."""
-    train = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2)
+    # A last batch of one sample would stop BatchNorm: drop it, as the plain loop does.
+    drop_last = len(dataset) % batch_size == 1
+    train = DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=2, drop_last=drop_last
+    )
     val = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=2)
     timer = EpochTimer()
     trainer = pl.Trainer(
@@ -125,11 +129,17 @@ def machop_style_epoch(
 
 
 def interleaved(variants: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
-    """Run every variant once per round, ``repeats`` rounds; return each one's median."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    """Run every variant once per round, ``repeats`` rounds; return each one's median.
+
+    Round r starts with variant r (the order rotates), so no variant always runs first or
+    always follows the same neighbour.
+    """
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(repeats):
-        for name, fn in variants.items():
-            seconds = fn()
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds = variants[name]()
             times[name].append(seconds)
             print(f"  round {round_ + 1}/{repeats} {name}: {seconds:.2f} s", flush=True)
     return {name: statistics.median(values) for name, values in times.items()}
@@ -153,6 +163,9 @@ def compare(
     ``{prefix}_bs{B}_machlite_over_plain`` and ``{prefix}_bs{B}_machopstyle_over_machlite``.
     """
     print(f"batch size {batch_size}:", flush=True)
+    # Untimed warm-up (first-call costs: lazy imports, the first TensorBoard writer, ...).
+    machlite_epoch([*cli_args, "--trainer.limit_train_batches", "2"], validate=True)
+    plain_epoch(network(), x[: 4 * batch_size], y[: 4 * batch_size], batch_size, seed=0)
     med = interleaved(
         {
             "machlite_train": partial(machlite_epoch, cli_args, validate=False),

@@ -59,8 +59,10 @@ class Classifier(pl.LightningModule):
             (manual optimization), so Lightning's per-step overhead is paid once per call:
             much faster for tiny networks, with identical results (same seed, same batches,
             same updates). Every optimizer step still counts in ``global_step`` and in the
-            logged curves. Use 1 for Trainer features that need automatic optimization
-            (``accumulate_grad_batches``, ``gradient_clip_val``).
+            logged curves. On one device at 32-bit precision, unless a callback overrides
+            Lightning's per-step hooks, the steps also skip Lightning's per-step hook
+            dispatch (docs/performance.md). Use 1 for Trainer features that need automatic
+            optimization (``accumulate_grad_batches``, ``gradient_clip_val``).
     """
 
     def __init__(

@@ -1,0 +1,94 @@
+"""Profile one machlite JSC training epoch: where a step's time goes, by package and function.
+
+Runs machlite's own fit (the CLI's code path, default callbacks and logging) for one epoch
+on a SYNTHETIC JSC file under cProfile, after one unprofiled warm-up epoch. Prints the
+epoch's own time per optimizer step by package (the function's own time, not its callees),
+then the functions with the most cumulative time.
+
+    python benchmarks/profile_epoch.py --batch-size 256
+    python benchmarks/profile_epoch.py --batch-size 32 -- --model.steps_per_call 1
+"""
+
+import argparse
+import cProfile
+import pstats
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machlite_epoch  # noqa: E402
+
+from machlite.datasets import JSCDataModule  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+#: Where a function's file lives -> the name it is counted under.
+PACKAGES = (
+    ("/lightning/", "lightning"),
+    ("/torchmetrics/", "torchmetrics"),
+    ("/torch/", "torch (Python side)"),
+    ("/machlite/", "machlite"),
+    ("/datasets/", "machlite"),
+    ("/models/", "machlite"),
+)
+
+
+def package(filename: str) -> str:
+    """The package a profiled function belongs to (C functions count as ``builtins``)."""
+    if filename == "~":
+        return "builtins and C (torch kernels, autograd)"
+    for part, name in PACKAGES:
+        if part in filename:
+            return name
+    return "other Python"
+
+
+def main() -> None:
+    """Profile the epoch and print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jets", type=int, default=400_000, help="synthetic file size")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--config", default=str(REPO / "configs" / "jsc_tiny.yaml"))
+    parser.add_argument("--top", type=int, default=25, help="functions to list")
+    parser.add_argument("overrides", nargs="*", help="extra machlite overrides")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="machlite-profile-"))
+    data_dir = work / "data"
+    dm = JSCDataModule(data_dir=str(data_dir), source="synthetic", synthetic_jets=args.jets)
+    dm.prepare_data()
+    dm.setup("fit")
+    steps = -(-len(dm.splits["train"][1]) // args.batch_size)
+    cli_args = [
+        "--config", args.config, "--data.source", "synthetic",
+        "--data.synthetic_jets", str(args.jets), "--data.data_dir", str(data_dir),
+        "--data.batch_size", str(args.batch_size), "--runs_dir", str(work / "runs"),
+        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+        *args.overrides,
+    ]  # fmt: skip
+    machlite_epoch(cli_args, validate=False)  # warm-up: imports, first-call costs
+    profiler = cProfile.Profile()
+    profiler.enable()
+    seconds = machlite_epoch(cli_args, validate=False)
+    profiler.disable()
+
+    stats = pstats.Stats(profiler)
+    own: dict[str, float] = defaultdict(float)
+    for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        own[package(filename)] += tottime
+    total = sum(own.values())
+    print(f"SYNTHETIC JSC, batch {args.batch_size}, {steps} optimizer steps")
+    print(f"epoch under the profiler: {seconds:.2f} s ({seconds / steps * 1e6:.0f} us/step)")
+    print("\n| package | own time | us per step | share |\n|---|---:|---:|---:|")
+    for name, value in sorted(own.items(), key=lambda kv: -kv[1]):
+        print(f"| {name} | {value:.2f} s | {value / steps * 1e6:.0f} | {value / total:.0%} |")
+    print()
+    stats.sort_stats("cumulative").print_stats(args.top)
+
+
+if __name__ == "__main__":
+    pl.seed_everything(0, verbose=False)
+    main()

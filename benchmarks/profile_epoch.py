@@ -6,6 +6,7 @@ epoch's own time per optimizer step by package (the function's own time, not its
 then the functions with the most cumulative time.
 
     python benchmarks/profile_epoch.py --batch-size 256
+    python benchmarks/profile_epoch.py --batch-size 256 --plain    # the plain loop, to compare
     python benchmarks/profile_epoch.py --batch-size 32 -- --model.steps_per_call 1
 """
 
@@ -20,9 +21,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machlite_epoch  # noqa: E402
+from common import machlite_epoch, plain_epoch  # noqa: E402
 
 from machlite.datasets import JSCDataModule  # noqa: E402
+from machlite.models import JSCTiny  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 #: Where a function's file lives -> the name it is counted under.
@@ -53,6 +55,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--config", default=str(REPO / "configs" / "jsc_tiny.yaml"))
     parser.add_argument("--top", type=int, default=25, help="functions to list")
+    parser.add_argument(
+        "--plain", action="store_true", help="profile the plain PyTorch loop (JSC-Tiny) instead"
+    )
     parser.add_argument("overrides", nargs="*", help="extra machlite overrides")
     args = parser.parse_args()
 
@@ -69,10 +74,17 @@ def main() -> None:
         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
         *args.overrides,
     ]  # fmt: skip
-    machlite_epoch(cli_args, validate=False)  # warm-up: imports, first-call costs
+    x, y = dm.splits["train"]
+
+    def epoch() -> float:
+        if args.plain:
+            return plain_epoch(JSCTiny(), x, y, args.batch_size, seed=0)
+        return machlite_epoch(cli_args, validate=False)
+
+    epoch()  # warm-up: imports, first-call costs
     profiler = cProfile.Profile()
     profiler.enable()
-    seconds = machlite_epoch(cli_args, validate=False)
+    seconds = epoch()
     profiler.disable()
 
     stats = pstats.Stats(profiler)
@@ -80,7 +92,8 @@ def main() -> None:
     for (filename, _, _), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
         own[package(filename)] += tottime
     total = sum(own.values())
-    print(f"SYNTHETIC JSC, batch {args.batch_size}, {steps} optimizer steps")
+    what = "plain PyTorch loop" if args.plain else "machlite fit"
+    print(f"{what}, SYNTHETIC JSC, batch {args.batch_size}, {steps} optimizer steps")
     print(f"epoch under the profiler: {seconds:.2f} s ({seconds / steps * 1e6:.0f} us/step)")
     print("\n| package | own time | us per step | share |\n|---|---:|---:|---:|")
     for name, value in sorted(own.items(), key=lambda kv: -kv[1]):

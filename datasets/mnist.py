@@ -150,6 +150,14 @@ class MNISTDataModule(InMemoryDataModule):
         """Turn uint8 [N, 28, 28] images into normalised float [N, 1, 28, 28] tensors."""
         return ((images.float() / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
 
+    def split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training and validation indices (sorted) into the ``n`` MNIST training images.
+
+        A seeded random choice of ``val_size`` images is held out for validation.
+        """
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        return perm[self.val_size :].sort().values, perm[: self.val_size].sort().values
+
     def load_splits(self) -> dict[str, Split]:
         """Read the files with torchvision's MNIST and split off the validation images."""
         self.prepare_data()
@@ -159,11 +167,7 @@ class MNISTDataModule(InMemoryDataModule):
         except RuntimeError as err:
             raise DataError(f"cannot read MNIST from {self.raw_folder}: {err}") from err
         x, y = self.normalise(train.data), train.targets.long()
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
-        val_idx, train_idx = (
-            perm[: self.val_size].sort().values,
-            perm[self.val_size :].sort().values,
-        )
+        train_idx, val_idx = self.split_indices(len(x))
         return {
             "train": (x[train_idx], y[train_idx]),
             "val": (x[val_idx], y[val_idx]),

@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -32,6 +33,11 @@ _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_s
 warnings.filterwarnings(
     "ignore", message=r"It is recommended to use `self.log\('(train|val|test)/(loss|acc)"
 )
+
+
+def _inherits(obj: object, base: type, name: str) -> bool:
+    """True when ``obj.name`` is ``base``'s method: not overridden by a subclass or instance."""
+    return getattr(getattr(obj, name), "__func__", None) is getattr(base, name)
 
 
 class Classifier(pl.LightningModule):
@@ -233,21 +239,24 @@ class Classifier(pl.LightningModule):
         """Whether the multi-step calls may bypass Lightning's per-step hook dispatch.
 
         Only when nothing could notice: one process (no DDP gradient hooks), 32-bit
-        precision (no autocast or loss scaling), no callback and no module subclass that
-        overrides ``on_before_backward``, ``backward``, ``on_after_backward`` or
-        ``on_before_optimizer_step``. Otherwise every step goes through Lightning's
-        ``manual_backward`` and ``LightningOptimizer.step``, with all their hooks.
+        precision (no autocast or loss scaling), no profiler (its report lists the hooks),
+        and no callback or module (subclass or instance) that overrides
+        ``on_before_backward``, ``on_after_backward`` or ``on_before_optimizer_step``, nor
+        ``backward`` or ``manual_backward`` on the module. Otherwise every step goes through
+        Lightning's ``manual_backward`` and ``LightningOptimizer.step``, with all their hooks.
         """
         trainer = self.trainer
         if type(trainer.strategy) is not SingleDeviceStrategy:
             return False
         if type(trainer.strategy.precision_plugin) is not Precision:
             return False
+        if type(trainer.profiler) is not PassThroughProfiler:
+            return False
         for callback in trainer.callbacks:
-            if any(getattr(type(callback), h) is not getattr(Callback, h) for h in _STEP_HOOKS):
+            if not all(_inherits(callback, Callback, hook) for hook in _STEP_HOOKS):
                 return False
-        own = (*_STEP_HOOKS, "backward")
-        return all(getattr(type(self), h) is getattr(Classifier, h) for h in own)
+        own = (*_STEP_HOOKS, "backward", "manual_backward")
+        return all(_inherits(self, Classifier, hook) for hook in own)
 
     def on_train_start(self) -> None:
         """Choose the multi-step path once per fit (see :meth:`_skips_step_hooks`)."""

@@ -8,6 +8,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from machlite.models import JSCTiny
+from machlite.module import Classifier
+
 from .conftest import CONFIGS
 from .test_cli import run, synthetic
 
@@ -144,3 +147,48 @@ def test_mnist_multi_step_calls_match_single_steps(mnist_dir: Path) -> None:
     assert _values(one_curve) == pytest.approx(_values(four_curve), abs=1e-5)
     for name, value in one["state_dict"].items():
         assert torch.allclose(value, four["state_dict"][name], atol=1e-6), name
+
+
+class ManualBackwardOverride(Classifier):
+    def manual_backward(self, loss: torch.Tensor, *args: object, **kwargs: object) -> None:
+        super().manual_backward(loss * 1.0, *args, **kwargs)
+
+
+def _instance_hooked() -> Callback:
+    callback = PathProbe()
+    callback.on_after_backward = lambda trainer, pl_module: None  # type: ignore[method-assign]
+    return callback
+
+
+@pytest.mark.parametrize(
+    ("trainer_kwargs", "module_class", "fast"),
+    [
+        ({}, Classifier, True),
+        ({"callbacks": [PathProbe()]}, Classifier, True),
+        ({"precision": "bf16-mixed"}, Classifier, False),
+        ({"precision": "64-true"}, Classifier, False),
+        ({"strategy": "ddp", "devices": 2}, Classifier, False),
+        ({"profiler": "simple"}, Classifier, False),
+        ({"callbacks": [StepHookCounter()]}, Classifier, False),
+        ({"callbacks": [_instance_hooked()]}, Classifier, False),
+        ({}, ManualBackwardOverride, False),
+    ],
+    ids=[
+        "default",
+        "callback-without-step-hooks",
+        "bf16-mixed",
+        "64-true",
+        "ddp",
+        "profiler",
+        "callback-overrides-hooks",
+        "hook-set-on-instance",
+        "module-overrides-manual_backward",
+    ],
+)
+def test_fast_path_only_when_nothing_could_notice(
+    trainer_kwargs: dict, module_class: type[Classifier], fast: bool
+) -> None:
+    model = module_class(JSCTiny(), num_classes=5, input_shape=(16,), steps_per_call=4)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, **trainer_kwargs)
+    model.trainer = trainer
+    assert model._skips_step_hooks() is fast

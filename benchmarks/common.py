@@ -1,5 +1,6 @@
 """Shared pieces of the epoch benchmarks: timers, the plain loop, the machop-style pipeline."""
 
+import cProfile
 import json
 import statistics
 import time
@@ -24,19 +25,29 @@ class EpochTimer(Callback):
 
     The end of training comes after everything the epoch triggers: validation (when it
     runs), the epoch metrics and their logging, and the checkpoints. Use with one epoch.
+
+    Args:
+        profiler: Also run this profiler over the timed span.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, profiler: cProfile.Profile | None = None) -> None:
         self.seconds = float("nan")
+        self.profiler = profiler
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.profiler is not None:
+            self.profiler.enable()
         self._start = time.perf_counter()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.seconds = time.perf_counter() - self._start
+        if self.profiler is not None:
+            self.profiler.disable()
 
 
-def machlite_epoch(args: list[str], validate: bool) -> float:
+def machlite_epoch(
+    args: list[str], validate: bool, profiler: cProfile.Profile | None = None
+) -> float:
     """One epoch of machlite's own fit (the CLI's code path, default callbacks and logging)."""
     extra = ["--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0"]
     if not validate:
@@ -48,7 +59,7 @@ def machlite_epoch(args: list[str], validate: bool) -> float:
         args=[*args, *extra],
         run=False,
     )
-    timer = EpochTimer()
+    timer = EpochTimer(profiler)
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, cli.datamodule)
     return timer.seconds

@@ -81,3 +81,17 @@ def test_rank_loaders_group_batches_per_item_alike() -> None:
 def test_too_few_samples_for_the_ranks_is_an_error() -> None:
     with pytest.raises(ValueError, match="3 samples cannot be shared by 4 processes"):
         _rank_loaders(3, 2, 4)
+
+
+def test_batches_already_on_the_device_are_handed_over_as_they_are() -> None:
+    from machlite.datasets import JSCDataModule
+
+    dm = JSCDataModule(source="synthetic")
+    x, y = torch.randn(8, 16), torch.arange(8)
+    item = [(x[:4], y[:4]), (x[4:], y[4:])]  # a multi-step item of two batches
+    cpu = torch.device("cpu")
+    assert dm.transfer_batch_to_device(item, cpu, 0) is item
+    moved = dm.transfer_batch_to_device(item, torch.device("meta"), 0)
+    assert [t.device.type for batch in moved for t in batch] == ["meta"] * 4
+    other = {"x": x}  # not a loader batch: Lightning's default moves it
+    assert dm.transfer_batch_to_device(other, cpu, 0) is not other

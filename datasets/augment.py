@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .loader import InMemoryLoader
+from .loader import BatchGroup, InMemoryLoader
 
 #: Added to the loader's seed for the augmentation generator (keeps it apart from the order).
 _SEED_OFFSET = 1_000_003
@@ -81,4 +81,4 @@ class RandomShiftLoader:
             return (random_shift(x, self.max_shift, generator, self.fill), *rest)
 
         for item in self.loader:
-            yield [shift(b) for b in item] if isinstance(item, list) else shift(item)
+            yield BatchGroup(shift(b) for b in item) if isinstance(item, list) else shift(item)

@@ -23,15 +23,6 @@ Split = tuple[Tensor, Tensor]
 _GPU_FRACTION = 0.25
 
 
-def _on_device(batch: Any, device: torch.device) -> bool:
-    """True for a tensor, or a (nested) list or tuple of tensors, all on ``device``."""
-    if isinstance(batch, Tensor):
-        return batch.device == device
-    if isinstance(batch, list | tuple):
-        return all(_on_device(item, device) for item in batch)
-    return False
-
-
 class InMemoryDataModule(pl.LightningDataModule):
     """A LightningDataModule whose splits live in memory as ``(features, labels)`` tensors.
 
@@ -170,20 +161,6 @@ class InMemoryDataModule(pl.LightningDataModule):
             world_size=world_size,
             batches_per_item=self._steps_per_call() if shuffle else 1,
         )
-
-    def transfer_batch_to_device(
-        self, batch: Any, device: torch.device, dataloader_idx: int
-    ) -> Any:
-        """Hand over a batch that is already on ``device`` as it is.
-
-        The loaders index tensors that already live on the training device, so there is
-        nothing to move. Lightning's default would still walk the K batches of a multi-step
-        call tensor by tensor (about 1 ms per call for 32 JSC batches). Anything else goes
-        through Lightning's default.
-        """
-        if _on_device(batch, device):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self) -> InMemoryLoader:
         """Shuffled training batches, a new seeded order each epoch."""

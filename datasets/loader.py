@@ -5,6 +5,7 @@ the JSC ones, that overhead is most of an epoch (docs/performance.md).
 """
 
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -56,6 +57,23 @@ class EpochPermutation:
         return order if self.world_size == 1 else order[self.rank :: self.world_size]
 
 
+class BatchGroup(list):
+    """The K batches of one multi-step item: a list of ``(x, y, ...)`` tuples.
+
+    Lightning moves every batch to the training device with ``move_data_to_device``, which
+    treats any object with a ``to`` method as one unit. So Lightning calls :meth:`to` once
+    per item, instead of walking K batches tensor by tensor (about 1 ms per call for 32
+    JSC batches) when, as usual here, the tensors are already on that device.
+    """
+
+    def to(self, device: torch.device | str, **kwargs: Any) -> "BatchGroup":
+        """Return the group on ``device``: itself when every tensor is already there."""
+        device = torch.device(device)
+        if all(t.device == device for batch in self for t in batch):
+            return self
+        return BatchGroup(tuple(t.to(device, **kwargs) for t in batch) for batch in self)
+
+
 class InMemoryLoader:
     """Iterate over ``(x, y)`` batches drawn from tensors with one index operation each.
 
@@ -69,9 +87,9 @@ class InMemoryLoader:
     sample of them, so every rank yields the same number of batches (DDP needs equal step
     counts) and each rank's last batch holds at least two samples. The shards of the ranks
     are disjoint and cover the split; their last batches differ in size by at most one. With
-    ``batches_per_item`` K > 1, each item is a list of K consecutive batches of the same
-    order (the last item may hold fewer), for modules that take several optimizer steps per
-    call (``Classifier(steps_per_call=K)``).
+    ``batches_per_item`` K > 1, each item is a :class:`BatchGroup` (a list) of K
+    consecutive batches of the same order (the last item may hold fewer), for modules that
+    take several optimizer steps per call (``Classifier(steps_per_call=K)``).
 
     Args:
         tensors: Tensors with the same first dimension (e.g. features and labels).
@@ -164,7 +182,7 @@ class InMemoryLoader:
                 sel = index[lo:hi]
                 yield tuple(t[sel] for t in self.tensors)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, ...] | list[tuple[Tensor, ...]]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, ...] | BatchGroup]:
         skip, self._resume = self._resume, None
         self._items_done = skip[1] if skip is not None and skip[0] == self.sampler.epoch else 0
         if self.batches_per_item == 1:
@@ -172,13 +190,13 @@ class InMemoryLoader:
                 self._items_done += 1
                 yield batch
             return
-        group: list[tuple[Tensor, ...]] = []
+        group = BatchGroup()
         for batch in self.batches(self._items_done * self.batches_per_item):
             group.append(batch)
             if len(group) == self.batches_per_item:
                 self._items_done += 1
                 yield group
-                group = []
+                group = BatchGroup()
         if group:
             self._items_done += 1
             yield group

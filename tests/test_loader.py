@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from machlite.datasets import EpochPermutation, InMemoryLoader
+from machlite.datasets.loader import BatchGroup
 
 
 def test_epoch_permutation_is_seeded_per_epoch() -> None:
@@ -83,15 +84,15 @@ def test_too_few_samples_for_the_ranks_is_an_error() -> None:
         _rank_loaders(3, 2, 4)
 
 
-def test_batches_already_on_the_device_are_handed_over_as_they_are() -> None:
-    from machlite.datasets import JSCDataModule
+def test_multi_batch_items_move_to_a_device_only_when_needed() -> None:
+    from lightning.fabric.utilities.apply_func import move_data_to_device
 
-    dm = JSCDataModule(source="synthetic")
-    x, y = torch.randn(8, 16), torch.arange(8)
-    item = [(x[:4], y[:4]), (x[4:], y[4:])]  # a multi-step item of two batches
-    cpu = torch.device("cpu")
-    assert dm.transfer_batch_to_device(item, cpu, 0) is item
-    moved = dm.transfer_batch_to_device(item, torch.device("meta"), 0)
+    loader = InMemoryLoader((torch.randn(10, 3), torch.arange(10)), 4, batches_per_item=2)
+    item = next(iter(loader))
+    assert isinstance(item, BatchGroup) and len(item) == 2
+    # Lightning moves a batch with move_data_to_device: already there, nothing is rebuilt
+    assert move_data_to_device(item, torch.device("cpu")) is item
+    moved = move_data_to_device(item, torch.device("meta"))
+    assert isinstance(moved, BatchGroup)
     assert [t.device.type for batch in moved for t in batch] == ["meta"] * 4
-    other = {"x": x}  # not a loader batch: Lightning's default moves it
-    assert dm.transfer_batch_to_device(other, cpu, 0) is not other
+    assert [tuple(t.shape) for t in moved[0]] == [(4, 3), (4,)]

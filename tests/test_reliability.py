@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -129,11 +130,32 @@ def resume_args(jsc_data_dir: Path, runs: Path, experiment: str, config: str = W
 
 
 @pytest.fixture(scope="module")
-def reference_run(jsc_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An uninterrupted 2-epoch run, the yardstick of the resumed ones."""
-    runs = tmp_path_factory.mktemp("reference") / "runs"
-    assert run(resume_args(jsc_data_dir, runs, "ref")) == 0
-    return runs / "ref_synthetic" / "version_0"
+def reference_runs(
+    jsc_data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[int], Path]:
+    """Uninterrupted 2-epoch runs, the yardsticks of the resumed ones, by steps per call.
+
+    A resumed run is compared with a reference of the same ``steps_per_call``: the weights
+    are bit-identical either way, but the epoch-mean loss is summed per call of K steps, so
+    its last float bits depend on K (tests/test_steps_per_call.py compares across K).
+    """
+    cache: dict[int, Path] = {}
+
+    def get(steps_per_call: int) -> Path:
+        if steps_per_call not in cache:
+            runs = tmp_path_factory.mktemp(f"reference_k{steps_per_call}") / "runs"
+            args = [*resume_args(jsc_data_dir, runs, "ref")]
+            assert run([*args, "--model.steps_per_call", str(steps_per_call)]) == 0
+            cache[steps_per_call] = runs / "ref_synthetic" / "version_0"
+        return cache[steps_per_call]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def reference_run(reference_runs: Callable[[int], Path]) -> Path:
+    """The reference with the JSC configs' 32 steps per call."""
+    return reference_runs(32)
 
 
 def assert_same_run(resumed: Path, reference: Path) -> None:
@@ -160,7 +182,7 @@ def test_resume_after_a_crash_continues_the_same_run_exactly(
     steps_per_call: int,
     crash_at: int,
     jsc_data_dir: Path,
-    reference_run: Path,
+    reference_runs: Callable[[int], Path],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -181,7 +203,7 @@ def test_resume_after_a_crash_continues_the_same_run_exactly(
     out = capsys.readouterr().out
     assert f"resuming {run_dir} from last.ckpt (epoch 1, step {saved['global_step']})" in out
     assert sorted(p.name for p in run_dir.parent.iterdir()) == ["version_0"]
-    assert_same_run(run_dir, reference_run)
+    assert_same_run(run_dir, reference_runs(steps_per_call))
 
 
 @pytest.mark.slow

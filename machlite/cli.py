@@ -20,7 +20,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from machlite.accelerator import choose_accelerator, ipu_strategy
+from machlite.accelerator import choose_accelerator, ipu_strategy, stop_gpu_probe
 from machlite.callbacks import HParamsLogger, PredictionWriter, RunReport
 from machlite.checkpoint import (
     AtomicCheckpointIO,
@@ -124,6 +124,8 @@ class MachliteCLI(LightningCLI):
         if not isinstance(trainer.accelerator, str):
             return
         accelerator, reason = choose_accelerator(trainer.accelerator)
+        if accelerator == "cpu" and stop_gpu_probe():
+            reason += "; CUDA_VISIBLE_DEVICES='' so torch stops probing for a GPU every step"
         if rank_zero_only.rank == 0:  # DDP: the launched ranks re-run this
             print(f"machlite: accelerator {accelerator} ({reason})", flush=True)
         trainer.accelerator = accelerator

@@ -1,6 +1,8 @@
 """Shared fixtures. Tests never touch the network: downloads are disabled for every test."""
 
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,11 +21,21 @@ MNIST_GZ = (
 
 
 @pytest.fixture(autouse=True)
-def _offline_and_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No downloads, no writes to the user's cache, and runs/ inside tmp_path."""
+def _offline_and_isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No downloads, no writes to the user's cache, and runs/ inside tmp_path.
+
+    CUDA_VISIBLE_DEVICES, which a CPU run may set (machlite.accelerator.stop_gpu_probe),
+    is put back as it was.
+    """
     monkeypatch.setenv("MACHLITE_OFFLINE", "1")
     monkeypatch.setenv("MACHLITE_DATA_DIR", str(tmp_path / "default_data"))
     monkeypatch.chdir(tmp_path)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    yield
+    if visible is None:
+        os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    else:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,12 @@
 """Accelerator choice on the main stack (no poptorch, lightning without IPU support)."""
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
-from machlite.accelerator import choose_accelerator, lightning_has_ipu
+from machlite.accelerator import choose_accelerator, lightning_has_ipu, stop_gpu_probe
 from machlite.errors import ConfigError
 
 from .conftest import CONFIGS
@@ -41,3 +42,26 @@ def test_explicit_accelerator_is_kept() -> None:
     assert choose_accelerator("cpu") == ("cpu", "set by trainer.accelerator")
     with pytest.raises(ConfigError, match="has no IPU support"):
         choose_accelerator("IPU")
+
+
+NO_GPU_CUDA_BUILD = torch.version.cuda is not None and not torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not NO_GPU_CUDA_BUILD, reason="needs a CUDA build of torch and no CUDA GPU")
+def test_cpu_runs_stop_torch_probing_for_a_gpu(
+    jsc_data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert stop_gpu_probe() is True
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert torch.cuda.device_count() == 0
+    assert stop_gpu_probe() is False  # already set: left alone
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert stop_gpu_probe() is False
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    args = ["fit", "--config", str(CONFIGS / "jsc_tiny.yaml"), *synthetic(jsc_data_dir)]
+    args += ["--trainer.fast_dev_run", "true"]
+    assert run(args) == 0
+    assert "accelerator cpu (no CUDA GPU" in capsys.readouterr().out
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""

@@ -25,6 +25,7 @@ import lightning.pytorch as pl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machlite_epoch, plain_epoch  # noqa: E402
 
+from machlite.accelerator import stop_gpu_probe  # noqa: E402
 from machlite.datasets import JSCDataModule  # noqa: E402
 from machlite.models import JSCTiny  # noqa: E402
 
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra machlite overrides")
     args = parser.parse_args()
 
+    stop_gpu_probe()  # as a machlite CPU run does, for the plain loop too (performance.md)
     work = Path(tempfile.mkdtemp(prefix="machlite-profile-"))
     data_dir = work / "data"
     dm = JSCDataModule(data_dir=str(data_dir), source="synthetic", synthetic_jets=args.jets)

@@ -202,8 +202,8 @@ class Classifier(pl.LightningModule):
         On the fast path (see :meth:`_skips_step_hooks`) the backward pass and the optimizer
         step are called directly: the same arithmetic in the same order, without Lightning's
         per-step dispatch of hooks that nothing here overrides. Lightning's optimizer-step
-        counter (``global_step``) and profiler still see every step. The epoch metrics are
-        updated once per call, with all the call's outputs.
+        counter (``global_step``) still counts every step. The epoch metrics are updated
+        once per call, with all the call's outputs.
         """
         optimizer = self.optimizers()
         raw = optimizer.optimizer
@@ -218,7 +218,7 @@ class Classifier(pl.LightningModule):
             if fast:
                 raw.zero_grad()
                 loss.backward()
-                optimizer._on_before_step()  # Lightning's step counter and profiler
+                optimizer._on_before_step()  # Lightning's optimizer-step counter
                 raw.step()
                 optimizer._on_after_step()
             else:

@@ -28,6 +28,7 @@ from common import (  # noqa: E402
     report,
 )
 
+from machlite.accelerator import stop_gpu_probe  # noqa: E402
 from machlite.datasets import JSCDataModule  # noqa: E402
 from machlite.models import NETWORKS  # noqa: E402
 
@@ -62,6 +63,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    stop_gpu_probe()  # as a machlite CPU run does, for every variant (performance.md)
     work = Path(tempfile.mkdtemp(prefix="machlite-bench-"))
     data_dir = work / "data"
     print(f"SYNTHETIC JSC data, {args.jets} jets, in {data_dir}", flush=True)

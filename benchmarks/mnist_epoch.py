@@ -31,6 +31,7 @@ from common import (  # noqa: E402
     report,
 )
 
+from machlite.accelerator import stop_gpu_probe  # noqa: E402
 from machlite.datasets import MNISTDataModule  # noqa: E402
 from machlite.datasets.mnist import MNIST_FILES, MNIST_MEAN, MNIST_STD  # noqa: E402
 from machlite.models import MNISTNet  # noqa: E402
@@ -52,6 +53,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra machlite overrides")
     args = parser.parse_args()
 
+    stop_gpu_probe()  # as a machlite CPU run does, for every variant (performance.md)
     work = Path(tempfile.mkdtemp(prefix="machlite-bench-"))
     raw = work / "data" / "MNIST" / "raw"
     raw.mkdir(parents=True)

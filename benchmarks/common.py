@@ -65,6 +65,18 @@ def machlite_epoch(
     return timer.seconds
 
 
+def jsc_cli_args(
+    config: str, jets: int, data_dir: Path, batch_size: int, runs_dir: Path, *overrides: str
+) -> list[str]:
+    """machlite arguments for a CPU fit of ``config`` on the SYNTHETIC JSC file in data_dir."""
+    return [
+        "--config", config, "--data.source", "synthetic",
+        "--data.synthetic_jets", str(jets), "--data.data_dir", str(data_dir),
+        "--data.batch_size", str(batch_size), "--runs_dir", str(runs_dir),
+        "--trainer.accelerator", "cpu", *overrides,
+    ]  # fmt: skip
+
+
 def plain_epoch(network: nn.Module, x: Tensor, y: Tensor, batch_size: int, seed: int) -> float:
     """One epoch of a hand-written loop: Adam, one index operation per batch, no logging."""
     torch.manual_seed(seed)

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     compare,
     interleaved,
+    jsc_cli_args,
     report,
 )
 
@@ -87,12 +88,9 @@ def main() -> None:
         "jsc_cache_speedup": setup["setup_first"] / setup["setup_cached"],
     }
     for bs in args.batch_sizes:
-        cli_args = [
-            "--config", args.config, "--data.source", "synthetic",
-            "--data.synthetic_jets", str(args.jets), "--data.data_dir", str(data_dir),
-            "--data.batch_size", str(bs), "--runs_dir", str(work / "runs"),
-            "--trainer.accelerator", "cpu", *args.overrides,
-        ]  # fmt: skip
+        cli_args = jsc_cli_args(
+            args.config, args.jets, data_dir, bs, work / "runs", *args.overrides
+        )
         results |= compare(
             "jsc", cli_args, NETWORKS[args.network], x, y, TensorDataset(x, y), bs, 5,
             work / "runs", args.repeats,

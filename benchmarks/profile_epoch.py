@@ -23,7 +23,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machlite_epoch, plain_epoch  # noqa: E402
+from common import jsc_cli_args, machlite_epoch, plain_epoch  # noqa: E402
 
 from machlite.accelerator import stop_gpu_probe  # noqa: E402
 from machlite.datasets import JSCDataModule  # noqa: E402
@@ -71,13 +71,10 @@ def main() -> None:
     dm.prepare_data()
     dm.setup("fit")
     steps = -(-len(dm.splits["train"][1]) // args.batch_size)
-    cli_args = [
-        "--config", args.config, "--data.source", "synthetic",
-        "--data.synthetic_jets", str(args.jets), "--data.data_dir", str(data_dir),
-        "--data.batch_size", str(args.batch_size), "--runs_dir", str(work / "runs"),
-        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
-        *args.overrides,
-    ]  # fmt: skip
+    cli_args = jsc_cli_args(
+        args.config, args.jets, data_dir, args.batch_size, work / "runs",
+        "--trainer.enable_progress_bar", "false", *args.overrides,
+    )  # fmt: skip
     x, y = dm.splits["train"]
 
     profiler = cProfile.Profile()

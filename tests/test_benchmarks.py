@@ -51,3 +51,13 @@ def test_mnist_benchmark_writes_every_ratio(tmp_path: Path) -> None:
     args = ["--mnist", str(SHARED_MNIST), "--repeats", "1", "--batch-sizes", "1000"]
     results = _run("mnist_epoch.py", args, tmp_path / "mnist.json")
     _check_variants(results, "mnist_bs1000")
+
+
+def test_jsc_overhead_ablation_writes_every_variant(tmp_path: Path) -> None:
+    args = ["--jets", "4000", "--repeats", "1", "--batch-sizes", "256"]
+    results = _run("jsc_overhead.py", args, tmp_path / "overhead.json")
+    for variant in ("machlite", "no_progress_bar", "no_step_logging", "log_every_step"):
+        assert results[f"jsc_bs256_{variant}_over_plain"] == pytest.approx(
+            results[f"jsc_bs256_{variant}_s"] / results["jsc_bs256_plain_s"]
+        )
+    assert results["jsc_bs256_one_step_calls_s"] > 0

@@ -50,15 +50,23 @@ def setup_seconds(data_dir: Path, jets: int, cached: bool) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    """Run the benchmark and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def jsc_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every JSC benchmark takes: data size, rounds, batch sizes, config, JSON."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--jets", type=int, default=REAL_SIZE_JETS, help="synthetic file size")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 32])
     parser.add_argument("--config", default=str(REPO / "configs" / "jsc_tiny.yaml"))
-    parser.add_argument("--network", default="JSCTiny", choices=sorted(NETWORKS))
+    parser.add_argument(
+        "--network", default="JSCTiny", choices=sorted(NETWORKS), help="the plain loop's network"
+    )
     parser.add_argument("--json", help="write the ratios and times to this file")
+    return parser
+
+
+def main() -> None:
+    """Run the benchmark and print the table."""
+    parser = jsc_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "overrides", nargs="*", help="extra machlite overrides, e.g. --model.steps_per_call 1"
     )

@@ -1,7 +1,8 @@
 """Where machlite's remaining JSC overhead goes: one feature switched off (or on) at a time.
 
 Measured in ONE run, variants interleaved and repeated (median of --repeats), on SYNTHETIC
-JSC data of the real size (about 789,600 training jets), JSC-Tiny, one training epoch:
+JSC data of the real size (about 789,600 training jets), JSC-Tiny (--config and --network
+choose others), one training epoch:
   plain            the plain PyTorch loop of jsc_epoch.py (variant c)
   machlite         machlite's fit with configs/jsc_tiny.yaml as committed (variant a)
   no_progress_bar  the same with --trainer.enable_progress_bar false
@@ -15,7 +16,6 @@ Each variant's time is printed over the plain loop's; the JSON keys are
     python benchmarks/jsc_overhead.py --json overhead.json
 """
 
-import argparse
 import sys
 import tempfile
 from functools import partial
@@ -25,13 +25,12 @@ import lightning.pytorch as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved, jsc_cli_args, machlite_epoch, plain_epoch, report  # noqa: E402
-from jsc_epoch import REAL_SIZE_JETS  # noqa: E402
+from jsc_epoch import jsc_parser  # noqa: E402
 
 from machlite.accelerator import stop_gpu_probe  # noqa: E402
 from machlite.datasets import JSCDataModule  # noqa: E402
-from machlite.models import JSCTiny  # noqa: E402
+from machlite.models import NETWORKS  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 NO_BAR = ("--trainer.enable_progress_bar", "false")
 #: Variant name -> machlite overrides on top of the committed config.
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -45,13 +44,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
 
 def main() -> None:
     """Run the ablation and print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jets", type=int, default=REAL_SIZE_JETS, help="synthetic file size")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 32])
-    parser.add_argument("--config", default=str(REPO / "configs" / "jsc_tiny.yaml"))
-    parser.add_argument("--json", help="write the ratios and times to this file")
-    args = parser.parse_args()
+    args = jsc_parser(__doc__.splitlines()[0]).parse_args()
 
     stop_gpu_probe()  # as a machlite CPU run does, for every variant (performance.md)
     work = Path(tempfile.mkdtemp(prefix="machlite-overhead-"))
@@ -61,6 +54,7 @@ def main() -> None:
     dm.prepare_data()
     dm.setup("fit")
     x, y = dm.splits["train"]
+    network = NETWORKS[args.network]
 
     results: dict[str, float | int] = {"train_jets": len(y)}
     for bs in args.batch_sizes:
@@ -71,7 +65,7 @@ def main() -> None:
             name: partial(machlite_epoch, base(*extra), validate=False)
             for name, extra in VARIANTS.items()
         }
-        variants["plain"] = lambda bs=bs: plain_epoch(JSCTiny(), x, y, bs, seed=0)
+        variants["plain"] = lambda bs=bs: plain_epoch(network(), x, y, bs, seed=0)
         med = interleaved(variants, args.repeats)
         for name, seconds in med.items():
             results[f"jsc_bs{bs}_{name}_s"] = seconds

@@ -20,8 +20,8 @@ from pathlib import Path
 
 
 def run(args: list[str], log: Path) -> str:
-    """Run ``python -m machlite.cli ARGS``, keep its output in ``log``, return the output."""
-    cmd = [sys.executable, "-m", "machlite.cli", *args, "--trainer.enable_progress_bar", "false"]
+    """Run ``python -m machlite ARGS``, keep its output in ``log``, return the output."""
+    cmd = [sys.executable, "-m", "machlite", *args, "--trainer.enable_progress_bar", "false"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:

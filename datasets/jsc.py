@@ -10,7 +10,6 @@ The result is cached, keyed by everything that changes it.
 import hashlib
 import json
 import logging
-import os
 import zipfile
 from pathlib import Path
 from typing import Literal
@@ -20,9 +19,9 @@ import torch
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from machlite.checkpoint import os_error_message
+from machlite.atomic import atomic_path
 from machlite.download import download
-from machlite.errors import ConfigError, DataError
+from machlite.errors import ConfigError, DataError, os_error_message
 from machlite.types import AtLeast100, Fraction, PositiveInt
 
 from .base import InMemoryDataModule, Split
@@ -212,12 +211,9 @@ class JSCDataModule(InMemoryDataModule):
     def _write_cache(self, arrays: dict[str, np.ndarray]) -> None:
         path = self.cache_path
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
-        try:
+        hint = "pass a writable --data.data_dir (or set MACHLITE_DATA_DIR)"
+        with atomic_path(path, f"the JSC cache {path}", ".tmp.npz", hint) as tmp:
             np.savez(tmp, **arrays)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def load_splits(self) -> dict[str, Split]:
         """Read the cached arrays (building them first if ``prepare_data`` did not run)."""

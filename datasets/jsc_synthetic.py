@@ -4,11 +4,12 @@ SYNTHETIC DATA. It exists to exercise the pipeline (tests, demos, benchmarks) wi
 real download; accuracies on it say nothing about real JSC data.
 """
 
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
+
+from machlite.atomic import atomic_path
 
 from .jsc_format import FEATURES, JSC_DATASET, LABELS
 
@@ -67,12 +68,7 @@ def synthetic_jets(num_jets: int, seed: int = 0) -> np.ndarray:
 def write_synthetic_jsc(path: Path, num_jets: int, seed: int = 0) -> Path:
     """Write a synthetic JSC HDF5 file at ``path`` (atomically: temp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset(JSC_DATASET, data=synthetic_jets(num_jets, seed))
-            f.attrs["machlite_synthetic"] = "SYNTHETIC data written by machlite; not real jets"
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset(JSC_DATASET, data=synthetic_jets(num_jets, seed))
+        f.attrs["machlite_synthetic"] = "SYNTHETIC data written by machlite; not real jets"
     return path

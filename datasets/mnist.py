@@ -1,13 +1,13 @@
 """MNISTDataModule: torchvision's MNIST, normalised once into tensors, with a seeded val split."""
 
 import gzip
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from torchvision.datasets import MNIST
 
+from machlite.atomic import atomic_path
 from machlite.download import download, md5sum
 from machlite.errors import ConfigError, DataError
 from machlite.types import NonNegativeInt, PositiveInt
@@ -121,21 +121,18 @@ class MNISTDataModule(InMemoryDataModule):
             )
 
     def _unpack(self, gz: Path, raw: Path, size: int) -> None:
-        tmp = raw.with_name(f"{raw.name}.{os.getpid()}.tmp")
         try:
-            with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            if tmp.stat().st_size != size:
-                raise DataError(
-                    f"MNIST file {gz} unpacks to the wrong size: delete it and run again"
-                )
-            os.replace(tmp, raw)
+            with atomic_path(raw, what=f"MNIST file {raw}") as tmp:
+                with gzip.open(gz, "rb") as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                if tmp.stat().st_size != size:
+                    raise DataError(
+                        f"MNIST file {gz} unpacks to the wrong size: delete it and run again"
+                    )
         except (OSError, EOFError) as err:
             raise DataError(
                 f"cannot unpack MNIST file {gz} ({err}): delete it and run again"
             ) from err
-        finally:
-            tmp.unlink(missing_ok=True)
 
     def train_dataloader(self) -> InMemoryLoader | RandomShiftLoader:
         """Shuffled training batches, randomly shifted when ``augment_shift`` > 0."""

@@ -1,12 +1,16 @@
-"""The ``machlite`` command: a LightningCLI (fit, validate, test, predict) plus ``models``.
+"""machlite's LightningCLI: the ``fit``, ``validate``, ``test`` and ``predict`` subcommands.
 
 machlite fit --config configs/jsc_will.yaml
 machlite fit --config configs/jsc_tiny.yaml --data.batch_size 64 --optimizer.lr 1e-3
 machlite test --config configs/jsc_tiny.yaml --ckpt_path PATH/TO/last.ckpt
-machlite models
+
+:func:`run_lightning` runs one in-process and returns the finished CLI (its trainer, model
+and config); :func:`check_args` only parses. Both raise machlite's errors instead of
+exiting; the ``machlite`` command (:mod:`machlite.commands`) prints them.
 """
 
-import re
+import contextlib
+import io
 import sys
 import warnings
 from pathlib import Path
@@ -21,29 +25,30 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from machlite.accelerator import choose_accelerator, ipu_strategy, stop_gpu_probe
-from machlite.callbacks import HParamsLogger, PredictionWriter, RunReport
+from machlite.callbacks import (
+    CollapseWarning,
+    DivergenceGuard,
+    HParamsLogger,
+    PredictionWriter,
+    RunReport,
+)
 from machlite.checkpoint import (
     AtomicCheckpointIO,
     MachliteCheckpoint,
-    ResumableTensorBoardLogger,
     ResumeState,
-    allocate_version,
     find_last_checkpoint,
     load_checkpoint_file,
     plan_resume,
 )
 from machlite.datasets import InMemoryDataModule
-from machlite.errors import ConfigError, MachliteError
+from machlite.errors import BadArguments, ConfigError, first_line
 from machlite.explain import OneLineArgumentParser, explain
-from machlite.guards import CollapseWarning, DivergenceGuard
-from machlite.models import NETWORKS, count_parameters
+from machlite.loggers import ResumableTensorBoardLogger, allocate_version
 from machlite.module import Classifier
 from machlite.types import PositiveInt
 
 DESCRIPTION = """machlite: train small networks (JSC-Tiny/Toy/Will, the MNIST CNN) with Lightning.
-Subcommands: fit, validate, test, predict (below), `machlite models` to list the networks
-with their parameter counts, `machlite sweep` (grids x seeds; see machlite sweep --help) and
-`machlite plot DIR`. Start with: machlite fit --config configs/jsc_will.yaml"""
+`machlite --help` lists every subcommand. Start with: machlite fit --config configs/jsc_will.yaml"""
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -318,52 +323,53 @@ class MachliteCLI(LightningCLI):
             raise
 
 
-def print_models() -> None:
-    """Print every network with its parameter count."""
-    print(f"{'network':<10} {'params':>9}  {'import':<30} description")
-    for name, cls in NETWORKS.items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        doc = re.sub(r"\s*\([\d,]+ parameters\)\.?$", "", doc)
-        params = count_parameters(cls())
-        print(f"{name:<10} {params:>9,}  {'machlite.models.' + name:<30} {doc}")
+def run_lightning(args: list[str]) -> MachliteCLI:
+    """Run a Lightning subcommand (``fit``, ``validate``, ``test``, ``predict``) in-process.
 
+    Args:
+        args: The subcommand and its arguments, e.g. ``["fit", "--config", "c.yaml"]``.
 
-def main(args: list[str] | None = None) -> None:
-    """Run the ``machlite`` command with ``args`` (default: the process's arguments).
+    Returns:
+        The finished CLI: ``.trainer`` (its ``checkpoint_callback`` knows the best
+        checkpoint), ``.model``, ``.datamodule`` and ``.config``.
 
-    User mistakes (bad data files, bad values) end with a one-line message on stderr and a
-    nonzero exit code instead of a traceback.
+    Raises:
+        BadArguments: The arguments or config do not parse (a SystemExit with exit code 2).
+        MachliteError: A user-fixable problem while running (data, checkpoint, disk).
     """
-    argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["models"]:
-        print_models()
-        return
-    if argv[:1] in (["sweep"], ["plot"]):
-        from machlite import plot, sweep  # imported here: matplotlib only when needed
-
-        try:
-            (sweep.main if argv[0] == "sweep" else plot.main)(argv[1:])
-        except MachliteError as err:
-            print(f"machlite: error: {err}", file=sys.stderr)
-            sys.exit(err.exit_code)
-        return
     warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
+    # From the command line LightningCLI reads sys.argv itself; given in-process (tests, the
+    # sweep's jobs) the arguments are meant to differ from sys.argv, which it warns about.
+    args = None if list(args) == sys.argv[1:] else list(args)
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
     try:
-        MachliteCLI(
+        return MachliteCLI(
             model_class=Classifier,
             datamodule_class=InMemoryDataModule,
             subclass_mode_data=True,
             seed_everything_default=0,
             parser_kwargs={"description": DESCRIPTION},
-            args=args,  # None: LightningCLI reads sys.argv itself
+            args=args,
         )
-    except MachliteError as err:
-        print(f"machlite: error: {err}", file=sys.stderr)
-        sys.exit(err.exit_code)
     except MisconfigurationException as err:
-        print(f"machlite: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
+        raise ConfigError(first_line(err)) from err
 
 
-if __name__ == "__main__":
-    main()
+def check_args(args: list[str]) -> None:
+    """Check a Lightning subcommand's arguments without running anything.
+
+    The arguments are parsed as ``run_lightning`` would (config files merged, every value
+    type-checked); nothing is instantiated, no data is read.
+
+    Raises:
+        BadArguments: They do not parse; its ``message`` names the key and the problem.
+    """
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            run_lightning([*args, "--print_config"])
+        except BadArguments:
+            raise
+        except SystemExit as exit_:  # --print_config exits 0 after printing
+            if exit_.code not in (0, None):
+                raise BadArguments(f"the arguments do not parse (exit {exit_.code})") from None

@@ -1,14 +1,14 @@
 """Downloading a file safely: HTTPS, a progress bar, verification, and an atomic rename."""
 
 import hashlib
-import os
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
 
-from machlite.errors import DataError
+from machlite.atomic import atomic_path
+from machlite.errors import DataError, MachliteError
 from machlite.paths import OFFLINE_ENV, offline
 
 
@@ -50,23 +50,20 @@ def download(
     if not url.startswith(("https://", "file://")):
         raise DataError(f"refusing to download over an insecure URL: {url}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f"{dest.name}.{os.getpid()}.part")  # one per process: runs may race
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tqdm(
-                total=total, unit="B", unit_scale=True, desc=f"Downloading {dest.name}"
-            ) as bar:
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    bar.update(len(block))
-        if verify is not None:
-            verify(part)
-        os.replace(part, dest)
-    except DataError:
-        part.unlink(missing_ok=True)
+    try:  # one temporary file per process (runs may race), removed on any failure
+        with atomic_path(dest, what=f"the download {dest}", suffix=".part") as part:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                with tqdm(
+                    total=total, unit="B", unit_scale=True, desc=f"Downloading {dest.name}"
+                ) as bar:
+                    while block := response.read(1 << 20):
+                        out.write(block)
+                        bar.update(len(block))
+            if verify is not None:
+                verify(part)
+    except MachliteError:
         raise
     except (OSError, ValueError) as err:  # URLError and socket timeouts are OSErrors
-        part.unlink(missing_ok=True)
         raise DataError(f"could not download {url}: {err}") from err
     return dest

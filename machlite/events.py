@@ -54,6 +54,19 @@ def has_events(folder: Path) -> bool:
     return folder.is_dir() and any(folder.glob("events.out.tfevents.*"))
 
 
+def load_events(run_dir: str | Path) -> Any:
+    """The one event reader: tensorboard's own ``EventAccumulator`` over ``run_dir``, loaded.
+
+    Nothing is sampled away (every scalar, image, tensor and hparams entry is kept), so what
+    it returns is what TensorBoard shows. Everything in machlite, its benchmarks and its
+    tests that reads event files goes through here.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    keep_all = {"scalars": 0, "images": 0, "tensors": 0, "histograms": 0}
+    return EventAccumulator(str(run_dir), size_guidance=keep_all).Reload()
+
+
 def read_run(run_dir: Path, name: str | None = None) -> RunData:
     """Load every scalar of the event files directly in ``run_dir``.
 
@@ -61,9 +74,7 @@ def read_run(run_dir: Path, name: str | None = None) -> RunData:
         run_dir: A run folder.
         name: The run's display name (default: the folder's name).
     """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
+    acc = load_events(run_dir)
     scalars = {
         tag: sorted((e.step, float(e.value), e.wall_time) for e in acc.Scalars(tag))
         for tag in acc.Tags()["scalars"]
@@ -102,11 +113,20 @@ def run_config(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def is_synthetic(run_dir: Path) -> bool:
-    """True when the run's config says its data source was synthetic."""
-    data = run_config(run_dir).get("data") or {}
+def is_synthetic_config(config: dict[str, Any]) -> bool:
+    """True when a machlite config (as a dict) trains on synthetic data.
+
+    The one answer to "is this data synthetic?" for configs: the ``data`` block's ``source``,
+    given directly or under ``init_args``. (A running datamodule says it with ``run_tag``.)
+    """
+    data = config.get("data") or {}
     args = data.get("init_args", data) if isinstance(data, dict) else {}
     return isinstance(args, dict) and args.get("source") == "synthetic"
+
+
+def is_synthetic(run_dir: Path) -> bool:
+    """True when the run's saved ``config.yaml`` says its data source was synthetic."""
+    return is_synthetic_config(run_config(run_dir))
 
 
 def count_network_parameters(run_dir: Path) -> int | None:

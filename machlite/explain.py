@@ -2,7 +2,8 @@
 
 - :class:`OneLineArgumentParser`: jsonargparse prints the whole usage and a nested, many-line
   error for a mistyped key or a bad value; this parser prints one line,
-  ``machlite: error: data.batch_size: ...``, and exits with code 2.
+  ``machlite: error: data.batch_size: ...``, and exits with code 2 (it raises
+  :class:`~machlite.errors.BadArguments`; ``machlite.commands`` prints it).
 - :func:`explain`: turns errors raised while a subcommand runs (a checkpoint that does not fit
   the network, an optimizer rejecting its learning rate, a disk that fills up, a folder that
   cannot be written) into a one-line :class:`~machlite.errors.MachliteError`.
@@ -10,17 +11,23 @@
 
 from __future__ import annotations
 
-import errno
 import re
-import sys
 import traceback
 from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
 from torch import nn
 
-from machlite.checkpoint import DISK_FULL, DiskFullError, os_error_message
-from machlite.errors import ConfigError, DataError, MachliteError
+from machlite.errors import (
+    DISK_FULL,
+    NOT_WRITABLE,
+    BadArguments,
+    ConfigError,
+    DataError,
+    DiskFullError,
+    MachliteError,
+    os_error_message,
+)
 
 #: Lines of jsonargparse's nested messages that carry no information for the user.
 _NOISE = re.compile(
@@ -29,8 +36,6 @@ _NOISE = re.compile(
     r"Expected a <class 'NoneType'>$|Expected a path but .* either not accessible or invalid|"
     r"Expected a dot import path string|tip: )"
 )
-#: Errors that mean a folder or file cannot be written.
-_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS}
 _TYPE = re.compile(r"Expected a <class '([\w.]+)'>")
 
 
@@ -76,17 +81,16 @@ def one_line_parse_error(message: str) -> str:
 
 
 class OneLineArgumentParser(LightningArgumentParser):
-    """LightningArgumentParser whose errors are one line on stderr and exit code 2."""
+    """LightningArgumentParser whose errors are one line: it raises BadArguments (exit 2)."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        """Print ``machlite: error: KEY: PROBLEM (see machlite SUBCOMMAND --help)``; exit 2."""
+        """Raise BadArguments ``KEY: PROBLEM (see: machlite SUBCOMMAND --help)`` (exit 2)."""
         if not self.exit_on_error:
             super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         words = re.sub(r"\s*\[options\]", "", parser.prog or "").split()
         prog = f"machlite {words[-1]}" if len(words) > 1 else "machlite"
-        sys.stderr.write(f"machlite: error: {one_line_parse_error(message)} (see: {prog} --help)\n")
-        self.exit(2)
+        raise BadArguments(f"{one_line_parse_error(message)} (see: {prog} --help)")
 
 
 def _state_dict_mismatch(model: nn.Module | None, ckpt_path: Any, err: RuntimeError) -> ConfigError:
@@ -148,7 +152,7 @@ def explain(err: BaseException, model: nn.Module | None = None, ckpt_path: Any =
     if isinstance(err, ValueError) and _raised_in(err, "lightning/pytorch/trainer/"):
         # e.g. "You selected an invalid accelerator name: ..."
         raise ConfigError(f"trainer: {str(err).strip().splitlines()[0]}") from err
-    if isinstance(err, OSError) and err.errno in DISK_FULL | _NOT_WRITABLE:
+    if isinstance(err, OSError) and err.errno in DISK_FULL | NOT_WRITABLE:
         error = DiskFullError if err.errno in DISK_FULL else DataError
         raise error(os_error_message(err, "a file")) from err
 

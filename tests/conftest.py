@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from machlite.commands import main
 from machlite.datasets.jsc_synthetic import write_synthetic_jsc
+from machlite.events import load_events
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
@@ -57,3 +59,30 @@ def jsc_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("jsc")
     write_synthetic_jsc(root / "jsc" / "jsc_synthetic_3000.h5", 3000)
     return root
+
+
+def run(args: list[str]) -> int:
+    """Call the entrypoint in-process; return its exit code (0 when it returns)."""
+    try:
+        main(args)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    return 0
+
+
+def synthetic(jsc_data_dir: Path) -> list[str]:
+    """The flags that train on the small synthetic JSC file of ``jsc_data_dir``."""
+    return [
+        "--data.source",
+        "synthetic",
+        "--data.data_dir",
+        str(jsc_data_dir),
+        "--data.synthetic_jets",
+        "3000",
+    ]
+
+
+def curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar curve of a run as ``tag -> [(step, value), ...]``, read by TensorBoard."""
+    acc = load_events(run_dir)
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

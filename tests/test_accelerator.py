@@ -9,8 +9,7 @@ import torch
 from machlite.accelerator import choose_accelerator, lightning_has_ipu, stop_gpu_probe
 from machlite.errors import ConfigError
 
-from .conftest import CONFIGS
-from .test_cli import run, synthetic
+from .conftest import CONFIGS, run, synthetic
 
 pytestmark = pytest.mark.skipif(lightning_has_ipu(), reason="main stack only (no in-tree IPU)")
 

@@ -5,35 +5,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from machlite.cli import main
+from machlite.events import load_events
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, run, synthetic
 
 JSC_CONFIGS = sorted(p.name for p in CONFIGS.glob("jsc_*.yaml"))
 MNIST_CONFIGS = sorted(p.name for p in CONFIGS.glob("mnist*.yaml"))
-
-
-def run(args: list[str]) -> int:
-    """Call the entrypoint in-process; return its exit code (0 when it returns)."""
-    try:
-        main(args)
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    return 0
-
-
-def synthetic(jsc_data_dir: Path) -> list[str]:
-    return [
-        "--data.source",
-        "synthetic",
-        "--data.data_dir",
-        str(jsc_data_dir),
-        "--data.synthetic_jets",
-        "3000",
-    ]
 
 
 def test_every_config_is_covered() -> None:
@@ -138,7 +117,7 @@ def test_two_epoch_fit_writes_curves_tensorboard_can_read(jsc_data_dir: Path) ->
     assert (run_dir / "config.yaml").is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert len(list((run_dir / "checkpoints").glob("best-*.ckpt"))) == 1
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "tensors": 0}).Reload()
+    acc = load_events(run_dir)
     tags = set(acc.Tags()["scalars"])
     assert {
         "train/loss",

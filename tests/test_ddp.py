@@ -1,6 +1,6 @@
 """Two-process CPU DDP (gloo): ``machlite fit/test/predict --trainer.strategy ddp``.
 
-The runs are real ``python -m machlite.cli`` subprocesses; Lightning starts the second rank.
+The runs are real ``python -m machlite`` subprocesses; Lightning starts the second rank.
 ``RankProbe`` (added with ``--trainer.callbacks``) records, in each rank, the training samples
 it drew, its weights, and every write of the JSC data files, for the tests to compare. The
 data are SYNTHETIC JSC jets: the accuracies compared here say nothing about real jets.
@@ -20,10 +20,8 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .conftest import CONFIGS, REPO
-from .test_cli import run
+from .conftest import CONFIGS, REPO, curves, run
 
 PROBE_ENV = "MACHLITE_TEST_PROBE_DIR"
 JETS = 3000
@@ -125,8 +123,8 @@ def _finish(proc: subprocess.Popen) -> tuple[int, str]:
 
 
 def _machlite(args: list[str], cwd: Path, probe: Path | None = None) -> tuple[int, str]:
-    """Run ``python -m machlite.cli ARGS`` (DDP: it starts the other rank); return rc, output."""
-    return _finish(_start([sys.executable, "-m", "machlite.cli", *args], cwd, probe))
+    """Run ``python -m machlite ARGS`` (DDP: it starts the other rank); return rc, output."""
+    return _finish(_start([sys.executable, "-m", "machlite", *args], cwd, probe))
 
 
 def _data(data_dir: Path) -> list[str]:
@@ -145,8 +143,7 @@ def _data(data_dir: Path) -> list[str]:
 
 
 def _scalars(run_dir: Path, tag: str) -> list[float]:
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
-    return [e.value for e in acc.Scalars(tag)]
+    return [value for _, value in curves(run_dir)[tag]]
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +317,7 @@ def test_two_torchrun_nodes_train_as_one_job(ddp_fit: dict[str, Any], tmp_path: 
                 *torchrun,
                 *["--nproc_per_node", "1", "--node_rank", str(rank)],
                 *["--master_addr", "127.0.0.1", "--master_port", str(port)],
-                *["-m", "machlite.cli", *fit],
+                *["-m", "machlite", *fit],
             ],
             tmp_path,
         )

@@ -9,8 +9,7 @@ import torch
 from machlite.datasets import MNISTDataModule
 from machlite.datasets.augment import RandomShiftLoader, random_shift
 
-from .conftest import CONFIGS
-from .test_cli import run
+from .conftest import CONFIGS, run
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from machlite.cli import main
+from machlite.commands import main
 from machlite.models import NETWORKS, JSCTiny, JSCToy, JSCWill, MNISTNet, count_parameters
 
 

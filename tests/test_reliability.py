@@ -22,16 +22,11 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import machlite.checkpoint as ckpt_module
+import machlite.atomic as atomic_module
 import machlite.datasets.jsc as jsc_module
-from machlite.checkpoint import (
-    AtomicCheckpointIO,
-    allocate_version,
-    find_last_checkpoint,
-    load_checkpoint_file,
-)
+from machlite.callbacks.guards import collapse_message
+from machlite.checkpoint import AtomicCheckpointIO, find_last_checkpoint, load_checkpoint_file
 from machlite.datasets import JSCDataModule
 from machlite.datasets.jsc_format import FEATURES, JSC_DATASET, LABELS
 from machlite.datasets.jsc_synthetic import write_synthetic_jsc
@@ -39,10 +34,10 @@ from machlite.datasets.mnist import MNIST_FILES
 from machlite.download import download
 from machlite.errors import DataError
 from machlite.explain import one_line_parse_error
-from machlite.guards import collapse_message
+from machlite.loggers import allocate_version
 
-from .conftest import CONFIGS, REPO
-from .test_cli import run, synthetic
+from .conftest import CONFIGS, REPO, run, synthetic
+from .conftest import curves as scalars
 
 TINY = str(CONFIGS / "jsc_tiny.yaml")
 WILL = str(CONFIGS / "jsc_will.yaml")
@@ -98,12 +93,6 @@ def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
     assert len(err) == 1, err
     assert err[0].startswith("machlite: error: ") and "Traceback" not in err[0]
     return err[0]
-
-
-def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar curve of a run, as TensorBoard's EventAccumulator reads it."""
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def resume_args(jsc_data_dir: Path, runs: Path, experiment: str, config: str = WILL) -> list[str]:
@@ -222,7 +211,7 @@ def test_kill_9_mid_run_then_resume_last(
         "--trainer.callbacks.seconds",
         "0.5",
     ]
-    cmd = [sys.executable, "-m", "machlite.cli", *args]
+    cmd = [sys.executable, "-m", "machlite", *args]
     last = runs / "killed_synthetic" / "version_0" / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen([*cmd, *slow], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL)
     try:
@@ -321,7 +310,8 @@ _HANG_WRITER = r"""
 import sys, time
 from pathlib import Path
 import torch
-import machlite.checkpoint as ck
+import machlite.atomic as ck
+from machlite.checkpoint import AtomicCheckpointIO
 
 path, where = Path(sys.argv[1]), sys.argv[2]
 
@@ -350,7 +340,7 @@ if where == "mid-write":
     ck.open = lambda *a, **k: HalfWriter(real_open(*a, **k))
 else:  # written and fsynced, not yet renamed
     ck.os.replace = hang
-ck.AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.full((4096,), 2.0)}}, path)
+AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.full((4096,), 2.0)}}, path)
 """
 
 
@@ -396,7 +386,7 @@ def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
                 raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(ckpt_module.os, "fsync", fsync)
+    monkeypatch.setattr(atomic_module.os, "fsync", fsync)
     args = ["fit", "--config", TINY, *synthetic(jsc_data_dir), "--experiment", "full", *QUIET]
     assert run([*args, "--trainer.max_epochs", "3"]) == 1
     err = one_error_line(capsys)
@@ -812,7 +802,7 @@ def test_two_real_runs_started_at_once_never_share_a_folder(
     args = [
         sys.executable,
         "-m",
-        "machlite.cli",
+        "machlite",
         "fit",
         "--config",
         TINY,

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from machlite.events import load_events
 from machlite.report import confusion_figure, format_confusion, per_class_accuracy
 
-from .conftest import CONFIGS
-from .test_cli import run, synthetic
+from .conftest import CONFIGS, run, synthetic
 
 
 def test_per_class_accuracy_and_text_table() -> None:
@@ -52,8 +51,7 @@ def test_machlite_test_prints_and_logs_the_confusion_matrix(
     accuracy = matrix.diagonal().sum().item() / matrix.sum().item()
     assert float(header.group(1)) == pytest.approx(100 * accuracy, abs=0.006)
 
-    events = EventAccumulator(str(ckpt.parents[2] / "version_1"), size_guidance={"images": 0})
-    events.Reload()
+    events = load_events(ckpt.parents[2] / "version_1")
     tags = events.Tags()
     assert "test/confusion_matrix" in tags["images"]
     logged_acc = events.Scalars("test/acc")[-1].value

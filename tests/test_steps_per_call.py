@@ -6,13 +6,11 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from machlite.models import JSCTiny
 from machlite.module import Classifier
 
-from .conftest import CONFIGS
-from .test_cli import run, synthetic
+from .conftest import CONFIGS, curves, run, synthetic
 
 #: What the probe callbacks saw, by experiment name.
 SEEN: dict[str, dict[str, int | bool]] = {}
@@ -77,9 +75,7 @@ def _fit(
     assert run(args) == 0
     run_dir = next(Path(f"runs/{name}_synthetic").glob("version_*"))
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
-    curves = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-    return ckpt["state_dict"], curves, ckpt["global_step"], f"{name}_synthetic"
+    return ckpt["state_dict"], curves(run_dir), ckpt["global_step"], f"{name}_synthetic"
 
 
 def _values(curve: list[tuple[int, float]]) -> list[float]:
@@ -174,8 +170,7 @@ def test_mnist_multi_step_calls_match_single_steps(mnist_dir: Path) -> None:
         assert run(args) == 0
         run_dir = next(Path(f"runs/{name}").glob("version_*"))
         ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-        acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
-        results[k] = ckpt, [(e.step, e.value) for e in acc.Scalars("train/loss")]
+        results[k] = ckpt, curves(run_dir)["train/loss"]
     assert SEEN["mnist_k4"]["fast"] is True
     (one, one_curve), (four, four_curve) = results[1], results[4]
     assert one["global_step"] == four["global_step"] == 24

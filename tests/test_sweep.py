@@ -9,15 +9,13 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
 from machlite.events import find_runs, run_metrics
 from machlite.models import NETWORKS
 from machlite.sweep import Run, Sweep, expand, fit_args, parse_sweep, progress_line, report
 
-from .conftest import CONFIGS
-from .test_cli import run, synthetic
+from .conftest import CONFIGS, curves, run, synthetic
 
 SWEEP_FILES = sorted(p.name for p in (CONFIGS / "sweeps").glob("*.yaml"))
 
@@ -292,8 +290,7 @@ def test_early_stopping_config_stops_on_val_loss(tmp_path: Path, jsc_data_dir: P
     args = ["fit", "--config", str(strict), *synthetic(jsc_data_dir), "--experiment", "es"]
     assert run([*args, "--trainer.enable_progress_bar", "false"]) == 0
     (run_dir,) = Path("runs/es_synthetic").glob("version_*")
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}).Reload()
-    assert len(acc.Scalars("val/loss")) == 2 < config["trainer"]["max_epochs"]
+    assert len(curves(run_dir)["val/loss"]) == 2 < config["trainer"]["max_epochs"]
 
 
 # -- real sweeps (subprocesses) --------------------------------------------------------------------

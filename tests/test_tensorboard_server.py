@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .conftest import CONFIGS
-from .test_cli import run, synthetic
+from machlite.events import load_events
+
+from .conftest import CONFIGS, run, synthetic
 
 TENSORBOARD = Path(sys.executable).parent / "tensorboard"
 RUNS = ["batch_size=64/seed_0", "batch_size=128/seed_0"]
@@ -92,7 +92,7 @@ def test_tensorboard_serves_the_sweep_runs_and_scalars(tmp_path: Path, jsc_data_
             for name in RUNS:
                 assert {"train/loss", "train/lr", "val/loss", "val/acc"} <= set(tags[name])
                 # the server's points are the event files' points
-                expected = EventAccumulator(str(sweep_dir / name)).Reload()
+                expected = load_events(sweep_dir / name)
                 for tag in ("val/acc", "train/loss"):
                     served = get(port, "/data/plugin/scalars/scalars", run=name, tag=tag)
                     want = expected.Scalars(tag)

@@ -29,17 +29,17 @@ if not getattr(poptorch, "IS_EMULATOR", False):
         "a real poptorch is importable; these tests target the emulator", allow_module_level=True
     )
 
-from machlite.cli import main  # noqa: E402
+from machlite.commands import main  # noqa: E402
 from machlite.models import JSCTiny  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def machlite(args: list[str], cwd: Path) -> str:
-    """Run ``python -m machlite.cli ARGS`` with the emulator on PYTHONPATH; return its output."""
+    """Run ``python -m machlite ARGS`` with the emulator on PYTHONPATH; return its output."""
     env = {**os.environ, "PYTHONPATH": f"{EMULATOR_DIR}{os.pathsep}{REPO}"}
     proc = subprocess.run(
-        [sys.executable, "-m", "machlite.cli", *args, "--trainer.enable_progress_bar", "false"],
+        [sys.executable, "-m", "machlite", *args, "--trainer.enable_progress_bar", "false"],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -29,19 +29,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from machlite.errors import MachliteError
+from machlite.loggers import current_lr
 
 StepHook = Callable[[int, Tensor], None]
 
 
 class DivergenceError(MachliteError):
     """Training produced a non-finite loss (or weights)."""
-
-
-def _lr(trainer: pl.Trainer) -> float | None:
-    optimizers = trainer.optimizers
-    if not optimizers or not optimizers[0].param_groups:
-        return None
-    return float(optimizers[0].param_groups[0]["lr"])
 
 
 def _fmt(value: float | None) -> str:
@@ -109,7 +103,7 @@ class DivergenceGuard(Callback):
         """Queue one optimizer step's loss; check the queue every ``check_every_n_steps``."""
         trainer = self._trainer
         epoch = trainer.current_epoch if trainer is not None else 0
-        lr = _lr(trainer) if trainer is not None else None
+        lr = current_lr(trainer) if trainer is not None else None
         self._queue.append((step, epoch, lr, loss.detach()))
         if len(self._queue) >= self._every:
             self.check()
@@ -175,7 +169,7 @@ class DivergenceGuard(Callback):
             self._fail(
                 f"the weights are no longer finite at step {step}",
                 trainer.current_epoch if trainer else 0,
-                _lr(trainer) if trainer else None,
+                current_lr(trainer) if trainer else None,
             )
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

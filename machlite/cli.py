@@ -19,8 +19,9 @@ from typing import Any
 import lightning.pytorch as pl
 from jsonargparse import ActionConfigFile
 from jsonargparse.typing import NonNegativeInt
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -32,6 +33,7 @@ from machlite.callbacks import (
     PredictionWriter,
     RunReport,
 )
+from machlite.callbacks.confusion import ConfusionReport
 from machlite.checkpoint import (
     AtomicCheckpointIO,
     MachliteCheckpoint,
@@ -49,6 +51,24 @@ from machlite.types import PositiveInt
 
 DESCRIPTION = """machlite: train small networks (JSC-Tiny/Toy/Will, the MNIST CNN) with Lightning.
 `machlite --help` lists every subcommand. Start with: machlite fit --config configs/jsc_will.yaml"""
+
+
+#: machlite's callbacks, by config key, in the order they run. Each is on by default, shown by
+#: ``--print_config`` with its options, and switched off with ``KEY: null`` in a config (or
+#: ``--KEY null``); ``prediction_writer`` is used by ``machlite predict`` only.
+CALLBACKS: dict[str, type[Callback]] = {
+    "run_report": RunReport,
+    "hparams_logger": HParamsLogger,
+    "resume_state": ResumeState,
+    "divergence_guard": DivergenceGuard,
+    "collapse_warning": CollapseWarning,
+    "test_report": ConfusionReport,
+    "prediction_writer": PredictionWriter,
+}
+
+
+def _class_path(cls: type) -> dict[str, str]:
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -116,6 +136,19 @@ class MachliteCLI(LightningCLI):
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
+        for key, cls in CALLBACKS.items():
+            parser.add_subclass_arguments(
+                cls, key, required=False, help=f"{(cls.__doc__ or '').splitlines()[0]} (null: off)"
+            )
+            parser.set_defaults({key: _class_path(cls)})
+        parser.add_subclass_arguments(
+            CheckpointIO,
+            "checkpoint_io",
+            required=False,
+            help="How checkpoints are written and read (default: machlite's crash-safe "
+            "AtomicCheckpointIO; null: Lightning's own)",
+        )
+        parser.set_defaults({"checkpoint_io": _class_path(AtomicCheckpointIO)})
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
 
@@ -277,7 +310,8 @@ class MachliteCLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
-        """Add the TensorBoard logger (unless configured otherwise) and machlite's callbacks."""
+        """Add the TensorBoard logger (unless configured otherwise), machlite's callbacks
+        (:data:`CALLBACKS`, those not switched off) and its checkpoint IO."""
         trainer_config = self._get(self.config_init, "trainer", default={})
         run_name = self._get(self.config, "run_name")
         name, version = self.experiment_name(), None
@@ -289,10 +323,16 @@ class MachliteCLI(LightningCLI):
         if getattr(self, "_strategy", None) is not None:
             kwargs["strategy"] = self._strategy
         trainer = super().instantiate_trainer(**kwargs)
-        trainer.callbacks.extend([RunReport(), HParamsLogger(self.hparams())])
-        trainer.callbacks.extend([ResumeState(), DivergenceGuard(), CollapseWarning()])
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()  # crash-safe writes
+        for key in CALLBACKS:
+            callback = self._get(self.config_init, key)
+            if callback is None or (key == "prediction_writer" and self.subcommand != "predict"):
+                continue
+            if isinstance(callback, HParamsLogger) and not callback.hparams:
+                callback.hparams = self.hparams()
+            trainer.callbacks.append(callback)
+        checkpoint_io = self._get(self.config_init, "checkpoint_io")
+        if checkpoint_io is not None and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = checkpoint_io  # crash-safe writes
         if isinstance(trainer.checkpoint_callback, MachliteCheckpoint):
             every = self._get(self.config, "checkpoint_every_n_steps", default=0) or 0
             trainer.checkpoint_callback.last_every_n_steps = every
@@ -300,8 +340,6 @@ class MachliteCLI(LightningCLI):
             for callback in trainer.callbacks:
                 if isinstance(callback, SaveConfigCallback):
                     callback.overwrite = True
-        if self.subcommand == "predict":
-            trainer.callbacks.append(PredictionWriter())
         return trainer
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from machlite.cli import CALLBACKS, run_lightning
 from machlite.events import load_events
 
 from .conftest import CONFIGS, run, synthetic
@@ -81,6 +83,35 @@ def test_print_config_shows_linked_defaults(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     assert "machlite.models.JSCWill" in out and "batch_size: 256" in out
     assert "lr: 0.001" in out
+
+
+def test_print_config_shows_machlite_callbacks(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["fit", "--config", str(CONFIGS / "jsc_tiny.yaml"), "--print_config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    for key, cls in CALLBACKS.items():
+        assert config[key]["class_path"].rsplit(".", 1)[1] == cls.__name__, key
+    assert config["checkpoint_io"]["class_path"].endswith("AtomicCheckpointIO")
+    assert config["checkpoint"]["monitor"] == "val/acc"
+
+
+def test_config_switches_machlite_callbacks_off(jsc_data_dir: Path, tmp_path: Path) -> None:
+    """``KEY: null`` in a config file drops that callback; the others and their options stay."""
+    off = tmp_path / "off.yaml"
+    off.write_text("collapse_warning: null\ncheckpoint_io: null\n")
+    args = ["fit", "--config", str(CONFIGS / "jsc_tiny.yaml"), *synthetic(jsc_data_dir)]
+    args += ["--trainer.max_epochs", "1"]
+    cli = run_lightning(
+        [*args, "--config", str(off), "--divergence_guard.check_every_n_steps", "7"]
+    )
+    kinds = {type(c).__name__: c for c in cli.trainer.callbacks}
+    assert "CollapseWarning" not in kinds and "PredictionWriter" not in kinds  # predict only
+    assert {"RunReport", "HParamsLogger", "ResumeState", "ConfusionReport"} <= set(kinds)
+    assert kinds["DivergenceGuard"].check_every_n_steps == 7
+    assert kinds["HParamsLogger"].hparams["data.batch_size"] == 256
+    assert type(cli.trainer.strategy.checkpoint_io).__name__ == "TorchCheckpointIO"
+    on = run_lightning(args)
+    assert "CollapseWarning" in {type(c).__name__ for c in on.trainer.callbacks}
+    assert type(on.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
 
 
 def _train_size(jsc_data_dir: Path) -> int:

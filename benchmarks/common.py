@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
+from machlite.atomic import atomic_write
 from machlite.cli import MachliteCLI
 from machlite.datasets import InMemoryDataModule
 from machlite.module import Classifier
@@ -233,5 +234,5 @@ def report(path: str | None, results: dict) -> None:
     for key, value in results.items():
         print(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")
     if path:
-        Path(path).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        atomic_write(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
         print(f"wrote {path}")

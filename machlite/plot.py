@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from machlite.atomic import atomic_path
 from machlite.errors import ConfigError
 from machlite.events import (
     TRAIN_LOSS,
@@ -168,6 +169,12 @@ def plot_runs(root: Path, out_dir: Path | None = None, title: str | None = None)
     return draw(runs, out_dir, title or root.resolve().name)
 
 
+def _save(fig: object, path: Path) -> None:
+    """Write a figure as PNG through machlite's atomic writer."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90)
+
+
 def draw(runs: Sequence[RunData], out_dir: Path, title: str) -> list[Path]:
     """Draw the figures for ``runs`` (named ``<setting>/seed_N`` or freely) into ``out_dir``.
 
@@ -186,7 +193,7 @@ def draw(runs: Sequence[RunData], out_dir: Path, title: str) -> list[Path]:
         lines = list(settings.items())
         fig = _figure([("", lines)], title, _colors([label for label, _ in lines]))
         written.append(out_dir / "curves.png")
-        fig.savefig(written[-1], dpi=90)
+        _save(fig, written[-1])
         plt.close(fig)
         return written
     params = {name: parse_setting(name) for name in settings}
@@ -200,7 +207,7 @@ def draw(runs: Sequence[RunData], out_dir: Path, title: str) -> list[Path]:
         colors = _colors([f"{key}={v}" for v in values])
         fig = _figure(list(facets.items()), f"{title}: {key}", colors)
         written.append(out_dir / f"{key}.png")
-        fig.savefig(written[-1], dpi=90)
+        _save(fig, written[-1])
         plt.close(fig)
     return written
 

@@ -1,12 +1,15 @@
 """``machlite predict``'s output file: one row per sample with its class and probabilities."""
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from machlite.atomic import atomic_write
 
 
 def _gather_shards(trainer: pl.Trainer, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -55,9 +58,10 @@ class PredictionWriter(BasePredictionWriter):
             if not trainer.is_global_zero:
                 return
         self.path = folder / "predictions.csv"
-        with open(self.path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["index", "class", *[f"prob_{k}" for k in range(probs.shape[1])]])
-            for i, (c, p) in enumerate(zip(classes.tolist(), probs.tolist(), strict=True)):
-                writer.writerow([i, c, *[f"{v:.6g}" for v in p]])
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(["index", "class", *[f"prob_{k}" for k in range(probs.shape[1])]])
+        for i, (c, p) in enumerate(zip(classes.tolist(), probs.tolist(), strict=True)):
+            writer.writerow([i, c, *[f"{v:.6g}" for v in p]])
+        atomic_write(self.path, text.getvalue(), what=f"predictions {self.path}")
         print(f"machlite: {len(classes)} predictions written to {self.path}", flush=True)

@@ -1,19 +1,45 @@
 """machlite sweep and machlite plot: expansion, sweep files, summaries, plots, real sweeps."""
 
 import csv
+import io
 import itertools
 import json
 import math
+import shlex
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.image
 import pytest
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
+import machlite.cli
+import machlite.sweep
+from machlite.errors import ConfigError, MachliteError
 from machlite.events import find_runs, run_metrics
 from machlite.models import NETWORKS
-from machlite.sweep import Run, Sweep, expand, fit_args, parse_sweep, progress_line, report
+from machlite.sweep import (
+    Run,
+    Runner,
+    Sweep,
+    check_settings,
+    expand,
+    parse_sweep,
+    progress_line,
+    report,
+    run_settings,
+    run_sweep,
+)
+from machlite.sweep.job import best_checkpoint, run_job
+from machlite.sweep.spec import (
+    is_synthetic_sweep,
+    load_config,
+    merge_config,
+    override_block,
+    read_done,
+    typed_value,
+)
 
 from .conftest import CONFIGS, curves, run, synthetic
 
@@ -52,15 +78,21 @@ def test_grid_expands_to_named_runs_with_fit_arguments(tmp_path: Path) -> None:
     assert [r.seed for r in runs] == [0] * 8 + [1] * 8 + [2] * 8  # every setting once first
     # the default folder says the data is synthetic
     assert sweep.sweep_dir == (tmp_path / "sweeps" / "jsc_tiny_sweep_synthetic").resolve()
-    args = fit_args(sweep, runs[1])
-    assert args[:3] == ["fit", "--config", str(CONFIGS / "jsc_tiny.yaml")]
-    pairs = dict(zip(args[3::2], args[4::2], strict=True))
-    assert pairs == {
-        "--data.source": "synthetic",
-        "--trainer.max_epochs": "2",
-        "--data.batch_size": "32",
-        "--optimizer.lr": "1e-3",
-        "--seed_everything": "0",
+    settings = run_settings(sweep, runs[1])
+    assert settings.args("o.yaml") == [
+        "fit",
+        "--config",
+        str(CONFIGS / "jsc_tiny.yaml"),
+        "--config",
+        "o.yaml",
+        "--seed_everything",
+        "0",
+    ]
+    # the fixed overrides and the run's values: one nested, typed block
+    assert settings.overrides == {
+        "data": {"source": "synthetic", "batch_size": 32},
+        "trainer": {"max_epochs": 2},
+        "optimizer": {"lr": 0.001},
     }
 
 
@@ -88,7 +120,7 @@ def test_progress_line_estimates_time_left() -> None:
 
 @pytest.mark.parametrize("name", SWEEP_FILES)
 def test_sweep_file_parses_expands_and_its_first_run_is_a_valid_fit(
-    name: str, capsys: pytest.CaptureFixture[str]
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sweep, _ = parse_sweep(["--sweep", str(CONFIGS / "sweeps" / name)])
     assert sweep.config is not None and sweep.config.is_file()
@@ -98,7 +130,10 @@ def test_sweep_file_parses_expands_and_its_first_run_is_a_valid_fit(
     assert len({r.name for r in runs}) == len(runs)
     # every swept/linked key exists in machlite fit: jsonargparse checks them
     for r in runs[: len(runs) // len(sweep.seeds)]:
-        assert run([*fit_args(sweep, r), "--print_config"]) == 0
+        settings = run_settings(sweep, r)
+        overrides = tmp_path / "overrides.yaml"
+        overrides.write_text(settings.yaml())
+        assert run([*settings.args(overrides), "--print_config"]) == 0
         printed = yaml.safe_load(capsys.readouterr().out)
         for key, value in r.values.items():
             node = printed
@@ -119,9 +154,8 @@ def test_lab_sweep_files_cover_the_lab_study() -> None:
     assert [n.rsplit(".", 1)[1] for n in networks] == ["JSCTiny", "JSCToy", "JSCWill"]
     assert all(n.rsplit(".", 1)[1] in NETWORKS for n in networks)
     sweep = parse_sweep(["--sweep", str(CONFIGS / "sweeps" / "lab1_max_epochs.yaml")])[0]
-    first = fit_args(sweep, expand(sweep)[0])
-    epochs = first[first.index("--trainer.max_epochs") + 1]
-    assert first[first.index("--lr_scheduler.init_args.T_max") + 1] == epochs
+    first = run_settings(sweep, expand(sweep)[0]).overrides
+    assert first["lr_scheduler"]["init_args"]["T_max"] == first["trainer"]["max_epochs"] == 5
 
 
 @pytest.mark.parametrize(
@@ -331,7 +365,14 @@ def test_two_by_two_seed_sweep_finishes_skips_and_redoes_unfinished(
         done = json.loads((sweep_dir / name / "done.json").read_text())
         assert done["params"] == 117 and done["metrics"]["epochs"] == 2
         assert 0.0 < done["metrics"]["test_acc"] <= 1.0
-        assert "--seed_everything" in done["signature"]
+        assert done["signature"]["seed_everything"] == int(name[-1])
+        batch_size = int(name.split("/")[0].removeprefix("batch_size="))
+        assert done["signature"]["overrides"]["data"]["batch_size"] == batch_size
+        overrides = yaml.safe_load((sweep_dir / name / "overrides.yaml").read_text())
+        assert overrides == done["signature"]["overrides"]
+        config = yaml.safe_load((sweep_dir / name / "config.yaml").read_text())
+        assert config["data"]["init_args"]["batch_size"] == batch_size
+        assert config["seed_everything"] == int(name[-1])
     with open(sweep_dir / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["setting"], r["n"], r["seeds"]) for r in rows] == [
@@ -425,8 +466,22 @@ def test_link_option_and_dry_run_print_every_run(capsys: pytest.CaptureFixture[s
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("machlite fit --config ") for line in lines)
     for line, epochs in zip(lines, (3, 7), strict=True):
-        assert f"--trainer.max_epochs {epochs} --lr_scheduler.init_args.T_max {epochs} " in line
-        assert f"--run_name max_epochs={epochs}/seed_4" in line
+        args = shlex.split(line)
+        assert args[:6:2] == ["machlite", "--config", "--config"]
+        assert args[3] == str(CONFIGS / "jsc_tiny.yaml")
+        # the run's override block, inline: the swept value and the linked key
+        assert yaml.safe_load(args[5]) == {
+            "trainer": {"max_epochs": epochs},
+            "lr_scheduler": {"init_args": {"T_max": epochs}},
+        }
+        assert args[args.index("--seed_everything") + 1] == "4"
+        assert args[args.index("--run_name") + 1] == f"max_epochs={epochs}/seed_4"
+        # runnable as printed
+        assert run([*args[1:], "--print_config"]) == 0
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["trainer"]["max_epochs"] == epochs
+        assert printed["lr_scheduler"]["init_args"]["T_max"] == epochs
+        assert printed["seed_everything"] == 4
     assert not Path("sweeps").exists()  # a dry run writes nothing
 
 
@@ -440,3 +495,272 @@ def test_a_misspelt_swept_key_stops_the_sweep_before_any_run(
     assert run(["sweep", "--config", config, "--grid", "optimizer.lr=1e-3,fast"]) == 2
     assert "setting lr=fast: " in one_error_line(capsys)
     assert not Path("sweeps").exists()
+
+
+# -- each run's settings: one typed override block per run ---------------------------------------
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("32", 32),
+        ("-3", -3),
+        ("1e-3", 0.001),
+        (".5", 0.5),
+        ("2.", 2.0),
+        ("true", True),
+        ("false", False),
+        ("null", None),
+        ("[1, 2e-3]", [1, 0.002]),
+        ('{"lr": "1e-4"}', {"lr": 0.0001}),
+        ('"2024"', "2024"),  # quoted: text
+        ("machlite.models.JSCToy", "machlite.models.JSCToy"),
+        ("16-mixed", "16-mixed"),
+        ("yes", "yes"),  # not YAML 1.1's bool: jsonargparse types it by the key
+        ("1e", "1e"),
+    ],
+)
+def test_command_line_values_become_typed_values(text: str, value: object) -> None:
+    typed = typed_value(text)
+    assert typed == value and type(typed) is type(value)
+
+
+def test_override_block_is_nested_and_merges_into_the_base_config(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pairs = [
+        ("data.source", "synthetic"),
+        ("data.batch_size", "32"),
+        ("lr_scheduler.init_args.T_max", "5"),
+        ("model.network", "machlite.models.JSCWill"),
+        ("model.network.dropout", "0.25"),
+        ("optimizer.lr", "1e-2"),
+    ]
+    block = override_block(pairs)
+    assert block == {
+        "data": {"source": "synthetic", "batch_size": 32},
+        "lr_scheduler": {"init_args": {"T_max": 5}},
+        "model": {
+            "network": {"class_path": "machlite.models.JSCWill", "init_args": {"dropout": 0.25}}
+        },
+        "optimizer": {"lr": 0.01},
+    }
+    # the arguments of a class path given first still go under its init_args
+    assert override_block(pairs[4:2:-1])["model"] == block["model"]
+    # jsonargparse merges the block into jsc_tiny.yaml's subclass blocks (init_args kept)
+    tiny = CONFIGS / "jsc_tiny.yaml"
+    assert (
+        run(["fit", "--config", str(tiny), "--config", yaml.safe_dump(block), "--print_config"])
+        == 0
+    )
+    printed = yaml.safe_load(capsys.readouterr().out)
+    data = printed["data"]
+    assert data["class_path"] == "machlite.datasets.JSCDataModule"
+    assert data["init_args"]["source"] == "synthetic" and data["init_args"]["batch_size"] == 32
+    assert data["init_args"]["val_fraction"] == 0.1  # from the base config
+    network = printed["model"]["network"]
+    assert network["class_path"] == "machlite.models.JSCWill"
+    assert network["init_args"]["dropout"] == 0.25
+    assert printed["model"]["steps_per_call"] == 32  # from the base config
+    assert printed["optimizer"]["class_path"] == "torch.optim.Adam"
+    assert printed["optimizer"]["init_args"]["lr"] == 0.01
+    assert printed["lr_scheduler"]["init_args"] == {"T_max": 5, "eta_min": 1e-6, "last_epoch": -1}
+    # the sweep's own merge (for the synthetic-data answer) agrees with jsonargparse's
+    merged = merge_config(load_config(tiny), block)
+    for key in ("data", "optimizer", "lr_scheduler"):
+        assert merged[key]["class_path"] == printed[key]["class_path"]
+        assert merged[key]["init_args"].items() <= printed[key]["init_args"].items()
+    assert merged["model"]["network"]["init_args"] == {"dropout": 0.25}
+
+
+def test_synthetic_data_is_read_from_each_runs_merged_config(tmp_path: Path) -> None:
+    tiny = CONFIGS / "jsc_tiny.yaml"
+
+    def sweep(grid: dict, overrides: list | None = None, config: Path = tiny) -> Sweep:
+        return Sweep(config=config, grid=grid, seeds=[0, 1], overrides=overrides or [])
+
+    assert not is_synthetic_sweep(sweep({"data.batch_size": ["32", "64"]}))
+    assert is_synthetic_sweep(sweep({"data.batch_size": ["32"]}, [("data.source", "synthetic")]))
+    assert is_synthetic_sweep(sweep({"data.source": ["cernbox", "synthetic"]}))
+    base = yaml.safe_load(tiny.read_text())
+    base["data"]["init_args"]["source"] = "synthetic"
+    synthetic_config = tmp_path / "synthetic.yaml"
+    synthetic_config.write_text(yaml.safe_dump(base))
+    assert is_synthetic_sweep(sweep({"data.batch_size": ["32"]}, config=synthetic_config))
+    back = [("data.init_args.source", "cernbox")]
+    assert not is_synthetic_sweep(sweep({"data.batch_size": ["32"]}, back, synthetic_config))
+    # another data module replaces the block: its source is not the old one's
+    other = sweep({"data": ["machlite.datasets.MNISTDataModule"]}, config=synthetic_config)
+    assert not is_synthetic_sweep(other)
+
+
+def test_finished_runs_are_skipped_unless_their_settings_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[list[str]] = []
+    monkeypatch.setattr(
+        Runner, "run_all", lambda self, todo: started.append([r.name for r in todo])
+    )
+    files = [tmp_path / "summary.csv", tmp_path / "runs.csv", tmp_path / "summary.md"]
+    monkeypatch.setattr(machlite.sweep, "report", lambda sweep, runs, failed: files)
+    sweep = Sweep(
+        config=CONFIGS / "jsc_tiny.yaml",
+        grid={"data.batch_size": ["32", "64"]},
+        seeds=[0],
+        overrides=[("trainer.max_epochs", "2")],
+        sweep_dir=tmp_path / "sweep",
+    )
+    runs = expand(sweep)
+    for r in runs:
+        (sweep.sweep_dir / r.name).mkdir(parents=True)
+        done = {"signature": run_settings(sweep, r).signature()}
+        (sweep.sweep_dir / r.name / "done.json").write_text(json.dumps(done))
+
+    def todo(sweep: Sweep) -> tuple[list[str], str]:
+        out = io.StringIO()
+        run_sweep(sweep, out=out)
+        return started.pop(), out.getvalue()
+
+    names, out = todo(sweep)
+    assert names == [] and "2 already finished (skipped), 0 to run" in out
+    sweep.overrides = [("trainer.max_epochs", "3")]  # another value
+    names, out = todo(sweep)
+    assert names == [r.name for r in runs]
+    assert f"{runs[0].name} finished with other arguments; redoing it" in out
+    sweep.overrides = [("trainer.max_epochs", "2")]
+    sweep.config = CONFIGS / "jsc_toy.yaml"  # another base config
+    assert todo(sweep)[0] == [r.name for r in runs]
+    sweep.config = CONFIGS / "jsc_tiny.yaml"
+    sweep.seeds = [0, 1]  # only the new seed's runs
+    assert todo(sweep)[0] == [r.name for r in expand(sweep) if r.seed == 1]
+
+
+def test_check_settings_names_the_setting_and_key_without_running_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def instantiate(*args: object, **kwargs: object) -> None:
+        raise AssertionError("check_settings must not build the model, data or trainer")
+
+    monkeypatch.setattr(machlite.cli.MachliteCLI, "instantiate_classes", instantiate)
+    sweep = Sweep(
+        config=CONFIGS / "jsc_tiny.yaml",
+        grid={"optimizer.lr": ["1e-3", "fast"], "data.batch_size": ["32"]},
+        seeds=[0, 1],
+        sweep_dir=tmp_path / "sweep",
+    )
+    with pytest.raises(ConfigError) as err:
+        check_settings(sweep)
+    message = str(err.value)
+    assert message.startswith("setting lr=fast,batch_size=32: optimizer.lr: ")
+    assert "float" in message and "'fast'" in message and "\n" not in message
+    sweep.overrides = [("data.batch_sise", "3")]
+    sweep.grid["optimizer.lr"] = ["1e-3"]
+    with pytest.raises(ConfigError, match=r"^setting lr=0.001,batch_size=32: data.batch_sise: "):
+        check_settings(sweep)
+    sweep.overrides = [("trainer.max_epochs", "2")]
+    check_settings(sweep)  # every setting parses
+    assert not any(tmp_path.iterdir())  # nothing written: no sweep, run or overrides file
+
+
+# -- one run (the job) ---------------------------------------------------------------------------
+def test_best_checkpoint_is_the_callbacks_else_last(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    best, later, last = (
+        folder / name
+        for name in (
+            "best-epoch00-val_acc0.5000.ckpt",
+            "best-epoch01-val_acc0.4000.ckpt",
+            "last.ckpt",
+        )
+    )
+    for path in (best, later, last):
+        path.write_bytes(b"not read")
+    callback = SimpleNamespace(best_model_path=str(best), last_model_path=str(last))
+    trainer = SimpleNamespace(checkpoint_callback=callback)
+    assert best_checkpoint(trainer, tmp_path) == best
+    callback.best_model_path = ""  # e.g. --checkpoint.save_top_k 0
+    assert best_checkpoint(trainer, tmp_path) == last
+    assert best_checkpoint(SimpleNamespace(checkpoint_callback=None), tmp_path) == last
+    last.unlink()
+    with pytest.raises(MachliteError, match="saved no checkpoint"):
+        best_checkpoint(trainer, tmp_path)
+
+
+def test_a_job_fits_its_override_file_and_tests_the_callbacks_best_checkpoint(
+    tmp_path: Path, jsc_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep, _ = parse_sweep(
+        [
+            "--config",
+            str(CONFIGS / "jsc_tiny.yaml"),
+            "--grid",
+            "trainer.max_epochs=3",
+            "--grid",
+            "optimizer.lr=2e-2",
+            "--link",
+            "lr_scheduler.init_args.T_max=trainer.max_epochs",
+            "--seeds",
+            "7",
+            "--sweep_dir",
+            str(tmp_path / "sweep"),
+            *synthetic(jsc_data_dir),
+            "--data.batch_size",
+            "128",
+            "--trainer.log_every_n_steps=1",
+        ]
+    )
+    (one,) = expand(sweep)
+    job = Runner(sweep).job(one)
+    run_dir = Path(job["run_dir"])
+    assert run_dir == sweep.sweep_dir / "max_epochs=3,lr=0.02" / "seed_7"
+    # the run's overrides: one nested YAML file, typed
+    text = (run_dir / "overrides.yaml").read_text()
+    assert "batch_size: 128\n" in text and "lr: 0.02\n" in text and "T_max: 3\n" in text
+    assert yaml.safe_load(text) == {
+        "data": {
+            "source": "synthetic",
+            "data_dir": str(jsc_data_dir),
+            "synthetic_jets": 3000,
+            "batch_size": 128,
+        },
+        "trainer": {"log_every_n_steps": 1, "max_epochs": 3},
+        "optimizer": {"lr": 0.02},
+        "lr_scheduler": {"init_args": {"T_max": 3}},
+    }
+    assert job["args"][:5] == [
+        "fit",
+        "--config",
+        str(CONFIGS / "jsc_tiny.yaml"),
+        "--config",
+        str(run_dir / "overrides.yaml"),
+    ]
+
+    calls = []
+    real = machlite.cli.run_lightning
+
+    def spy(args: list[str]) -> machlite.cli.MachliteCLI:
+        cli = real(args)
+        calls.append((list(args), cli))
+        return cli
+
+    monkeypatch.setattr(machlite.cli, "run_lightning", spy)
+    record = run_job(job)
+    (fit_args, fit), (test_args, _) = calls
+    assert fit_args[0] == "fit" and test_args[0] == "test"
+    best = fit.trainer.checkpoint_callback.best_model_path
+    assert Path(best).parent == run_dir / "checkpoints" and Path(best).name.startswith("best-")
+    assert test_args[test_args.index("--ckpt_path") + 1] == best
+    assert record["tested_checkpoint"] == Path(best).name
+    assert read_done(run_dir) == json.loads(json.dumps(record))
+    # the checkpoint of the epoch with the best val/acc (from the event files)
+    epoch = int(record["metrics"]["epochs_to_best"]) - 1
+    assert Path(best).name.startswith(f"best-epoch{epoch:02d}-")
+    assert record["signature"] == run_settings(sweep, one).signature()
+    # the run's saved config shows the overridden values, merged into the base config
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    data = config["data"]["init_args"]
+    assert (data["source"], data["batch_size"], data["synthetic_jets"]) == ("synthetic", 128, 3000)
+    assert data["val_fraction"] == 0.1
+    assert config["optimizer"]["init_args"]["lr"] == 0.02
+    assert config["trainer"]["max_epochs"] == config["lr_scheduler"]["init_args"]["T_max"] == 3
+    assert config["seed_everything"] == 7
+    assert 0.0 < record["metrics"]["test_acc"] <= 1.0

@@ -1,0 +1,146 @@
+"""``machlite sweep``: a grid of settings x seeds, each a normal ``machlite fit``.
+
+machlite sweep --config configs/jsc_tiny.yaml --grid data.batch_size=32,64,128,256 \\
+    --grid optimizer.lr=1e-4,1e-3 --seeds 0,1,2 [--jobs N] [--sweep_dir DIR] [--name NAME] \\
+    [--key value ...]
+machlite sweep --sweep configs/sweeps/lab1_batch_size.yaml [--key value ...]
+
+Each run is a ``machlite fit`` of the base config plus the run's own override block (its
+``overrides.yaml``, a second ``--config``), then a ``machlite test`` of its best checkpoint,
+both in one subprocess (``python -m machlite.sweep.job``). Runs land in
+``SWEEP_DIR/<setting>/seed_<S>`` (e.g. ``batch_size=32,lr=0.001/seed_0``), the test results
+in its ``test/`` folder, the console output in its ``run.log``. A finished run writes
+``done.json`` (atomically) last; a sweep run again skips the runs that have one with the same
+settings and redoes the others. At the end: ``summary.csv``, ``summary.md``, ``runs.csv``
+and ``plots/*.png`` in the sweep folder.
+
+The package's modules, each one concept, import one way (``spec`` <- ``parsing``,
+``runner``, ``summary``, ``job`` <- this module):
+
+- :mod:`~machlite.sweep.spec`: the sweep's definition, its runs and each run's settings;
+- :mod:`~machlite.sweep.parsing`: the command line and sweep files;
+- :mod:`~machlite.sweep.runner`: launching the runs, progress, stopping;
+- :mod:`~machlite.sweep.job`: one run, in its own process;
+- :mod:`~machlite.sweep.summary`: the summary tables and plots.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from typing import IO
+
+from machlite.atomic import atomic_write_json
+from machlite.errors import MachliteError
+from machlite.sweep.parsing import check_settings, parse_sweep
+from machlite.sweep.runner import Runner, progress_line
+from machlite.sweep.spec import (
+    Run,
+    RunSettings,
+    Sweep,
+    expand,
+    read_done,
+    run_settings,
+    typed_value,
+)
+from machlite.sweep.summary import report, summarize
+
+__all__ = [
+    "Run",
+    "RunSettings",
+    "Runner",
+    "Sweep",
+    "check_settings",
+    "expand",
+    "main",
+    "parse_sweep",
+    "progress_line",
+    "report",
+    "run_settings",
+    "run_sweep",
+    "summarize",
+    "typed_value",
+]
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def run_sweep(sweep: Sweep, jobs: int = 1, out: IO[str] | None = None) -> Runner:
+    """Run the sweep's unfinished runs, then write its summary and plots.
+
+    A run is finished when its folder has a ``done.json`` whose signature is the run's
+    current one (:meth:`RunSettings.signature`); the others are (re)done.
+
+    Returns:
+        The runner, with its ``finished`` and ``failed`` runs.
+    """
+    runner = Runner(sweep, jobs, out)
+    runs = expand(sweep)
+    sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        sweep.sweep_dir / "sweep.json",
+        {
+            "name": sweep.name,
+            "config": str(sweep.config) if sweep.config else None,
+            "grid": sweep.grid,
+            "seeds": sweep.seeds,
+            "overrides": [list(o) for o in sweep.overrides],
+            "link": sweep.link,
+            "runs": [r.name for r in runs],
+        },
+    )
+    todo = []
+    for run in runs:
+        done = read_done(sweep.sweep_dir / run.name)
+        if done is not None and done.get("signature") == run_settings(sweep, run).signature():
+            continue
+        if done is not None:
+            runner.say(f"machlite sweep: {run.name} finished with other arguments; redoing it")
+        todo.append(run)
+    n_settings = len(runs) // max(len(sweep.seeds), 1)
+    runner.say(
+        f"machlite sweep: {sweep.name}: {_count(n_settings, 'setting')} x "
+        f"{_count(len(sweep.seeds), 'seed')} = "
+        f"{len(runs)} runs in {sweep.sweep_dir}; {len(runs) - len(todo)} already finished "
+        f"(skipped), {len(todo)} to run, {jobs} at a time"
+    )
+    runner.run_all(todo)
+    files = report(sweep, runs, runner.failed)
+    runner.say(f"machlite sweep: summary {files[2]} and {files[0]}")
+    if len(files) > 3:
+        runner.say(f"machlite sweep: plots in {files[3].parent}")
+    runner.say(f"machlite sweep: view the runs with: tensorboard --logdir {sweep.sweep_dir}")
+    return runner
+
+
+def dry_run_command(sweep: Sweep, run: Run) -> str:
+    """The ``machlite fit`` command of a run, runnable as printed: the override block is
+    given inline (``--config '{data: {batch_size: 32}}'``), so nothing is written."""
+    settings = run_settings(sweep, run)
+    args = settings.args(settings.inline())
+    args += ["--runs_dir", str(sweep.sweep_dir), "--run_name", run.name]
+    return "machlite " + shlex.join(args)
+
+
+def main(argv: Sequence[str]) -> None:
+    """The ``machlite sweep`` command.
+
+    Raises:
+        MachliteError: Bad options, or some runs failed (after the others finished).
+    """
+    sweep, args = parse_sweep(argv)
+    check_settings(sweep)
+    if args.dry_run:
+        for run in expand(sweep):
+            print(dry_run_command(sweep, run))
+        return
+    runner = run_sweep(sweep, args.jobs)
+    if runner.failed:
+        names = ", ".join(run.name for run, _, _ in runner.failed[:3])
+        more = f" and {len(runner.failed) - 3} more" if len(runner.failed) > 3 else ""
+        raise MachliteError(
+            f"{len(runner.failed)} of {len(expand(sweep))} runs failed ({names}{more}); their "
+            "logs are run.log in each run folder; run the same command again to retry them"
+        )

@@ -1,0 +1,112 @@
+"""One run of a sweep, in its own process: fit, test the best checkpoint, write ``done.json``.
+
+``machlite sweep`` starts ``python -m machlite.sweep.job JSON`` for every run (see
+:mod:`machlite.sweep.runner`); the JSON is :func:`run_job`'s ``job``. Both steps run
+in-process through :func:`machlite.cli.run_lightning`. ``done.json`` is written last,
+atomically, so a run folder without one is unfinished. A user-fixable error ends the process
+with ``machlite: error: ...`` on stderr and the error's exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from machlite.atomic import atomic_write_json
+from machlite.errors import BadArguments, MachliteError
+from machlite.sweep.spec import DONE_FILE
+
+
+def best_checkpoint(trainer: Any, run_dir: Path) -> Path:
+    """The fit's best checkpoint, as its checkpoint callback recorded it, else ``last.ckpt``.
+
+    Args:
+        trainer: The finished fit's Trainer.
+        run_dir: The run folder (its ``checkpoints/last.ckpt`` is the fallback).
+
+    Raises:
+        MachliteError: The run saved no checkpoint.
+    """
+    callback = getattr(trainer, "checkpoint_callback", None)
+    best = getattr(callback, "best_model_path", "") or ""
+    if best and Path(best).is_file():
+        return Path(best)
+    last = Path(getattr(callback, "last_model_path", "") or run_dir / "checkpoints" / "last.ckpt")
+    if last.is_file():
+        return last
+    raise MachliteError(f"the run saved no checkpoint in {last.parent}: cannot test it")
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Fit, test the best checkpoint, then write ``done.json``: one run of a sweep.
+
+    Args:
+        job: ``args`` (the full ``machlite fit`` arguments), ``extra`` (added to the fit),
+            ``signature`` (kept in ``done.json``), ``run_dir``, ``runs_dir`` and ``run_name``.
+
+    Returns:
+        The record written to ``done.json``.
+
+    Raises:
+        BadArguments: The arguments do not parse.
+        MachliteError: A user-fixable problem in the fit or the test.
+    """
+    from machlite.cli import run_lightning
+    from machlite.events import count_network_parameters, read_run, run_metrics
+
+    run_dir = Path(job["run_dir"])
+    started = time.time()
+    fit = run_lightning([*job["args"], *job["extra"]])
+    fitted = time.time()
+    ckpt = best_checkpoint(fit.trainer, run_dir)
+    run_lightning(
+        [
+            "test",
+            "--config",
+            str(run_dir / "config.yaml"),
+            "--ckpt_path",
+            str(ckpt),
+            "--runs_dir",
+            job["runs_dir"],
+            "--run_name",
+            f"{job['run_name']}/test",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    finished = time.time()
+    record = {
+        "run": job["run_name"],
+        "signature": job["signature"],
+        "metrics": run_metrics(read_run(run_dir, job["run_name"])),
+        "params": count_network_parameters(run_dir),
+        "tested_checkpoint": ckpt.name,
+        "fit_seconds": round(fitted - started, 3),
+        "test_seconds": round(finished - fitted, 3),
+        "started": started,
+        "finished": finished,
+    }
+    atomic_write_json(run_dir / DONE_FILE, record)
+    return record
+
+
+def main(argv: Sequence[str]) -> None:
+    """``python -m machlite.sweep.job JSON``: run one job; errors as one line and exit code."""
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m machlite.sweep.job JSON (machlite sweep runs this)")
+    try:
+        run_job(json.loads(argv[0]))
+    except BadArguments as err:
+        print(f"machlite: error: {err.message}", file=sys.stderr)
+        raise SystemExit(err.code) from None
+    except MachliteError as err:
+        print(f"machlite: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -61,3 +61,14 @@ def test_jsc_overhead_ablation_writes_every_variant(tmp_path: Path) -> None:
             results[f"jsc_bs256_{variant}_s"] / results["jsc_bs256_plain_s"]
         )
     assert results["jsc_bs256_one_step_calls_s"] > 0
+
+
+def test_startup_benchmark_writes_every_ratio(tmp_path: Path) -> None:
+    results = _run("startup.py", ["--rounds", "1", "--no-warmup"], tmp_path / "startup.json")
+    for name in ("import_torch", "models", "help", "fit_help"):
+        assert results[f"startup_{name}_s"] > 0, name
+    for name in ("models", "help"):
+        assert results[f"startup_{name}_over_import_torch"] == pytest.approx(
+            results[f"startup_{name}_s"] / results["startup_import_torch_s"]
+        )
+    assert results["rounds"] == 1

@@ -1,8 +1,8 @@
-"""Which accelerator a run uses (IPU, GPU or CPU), why, and the IPU strategy's options.
+"""Which accelerator a run uses (IPU, GPU or CPU), and why.
 
 IPUs are driven by Lightning's in-tree ``IPUStrategy``, which exists only up to lightning
 2.0.9, and by ``poptorch``, which ships with Graphcore's Poplar SDK (not on PyPI). See
-docs/ipu.md.
+docs/ipu.md. The IPU strategy and the task's IPU side are :mod:`machlite.ipu`.
 """
 
 import importlib.util
@@ -120,40 +120,7 @@ def stop_gpu_probe() -> bool:
     return True
 
 
-def ipu_strategy(device_iterations: int, ipu_model: bool, replicas: int, accumulate: int) -> Any:
-    """Build lightning 2.0.9's ``IPUStrategy`` with machlite's IPU options.
-
-    Without ``ipu_model`` Lightning builds the poptorch options itself from these values
-    (replication from ``trainer.devices``, gradient accumulation from
-    ``trainer.accumulate_grad_batches``, the seed from ``seed_everything``).
-
-    Args:
-        device_iterations: Optimizer steps (training) or batches (inference) the IPU runs per
-            host call.
-        ipu_model: Run on the Poplar IPU Model (the SDK's simulator) instead of hardware.
-        replicas: Number of model replicas (``trainer.devices``).
-        accumulate: Micro-batches per optimizer step (``trainer.accumulate_grad_batches``).
-    """
-    from lightning.pytorch.strategies import IPUStrategy
-
-    if not ipu_model:
-        return IPUStrategy(device_iterations=device_iterations)
-    import poptorch
-
-    def options(training: bool) -> Any:
-        opts = poptorch.Options().deviceIterations(device_iterations)
-        opts.replicationFactor(replicas)
-        opts.Training.gradientAccumulation(accumulate if training else 1)
-        opts.useIpuModel(True)
-        if os.environ.get("PL_GLOBAL_SEED"):
-            opts.randomSeed(int(os.environ["PL_GLOBAL_SEED"]))
-        return opts
-
-    return IPUStrategy(
-        device_iterations=device_iterations,
-        training_opts=options(training=True),
-        inference_opts=options(training=False),
-    )
+__all__ = ["choose_accelerator", "lightning_has_ipu", "on_ipu", "poptorch_state", "stop_gpu_probe"]
 
 
 def on_ipu(trainer: Any) -> bool:

@@ -25,7 +25,7 @@ from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from machlite.accelerator import choose_accelerator, ipu_strategy, stop_gpu_probe
+from machlite.accelerator import choose_accelerator, stop_gpu_probe
 from machlite.callbacks import (
     CollapseWarning,
     DivergenceGuard,
@@ -45,6 +45,7 @@ from machlite.checkpoint import (
 from machlite.datasets import InMemoryDataModule
 from machlite.errors import BadArguments, ConfigError, first_line
 from machlite.explain import OneLineArgumentParser, explain
+from machlite.ipu import ipu_strategy
 from machlite.loggers import ResumableTensorBoardLogger, allocate_version
 from machlite.module import Classifier
 from machlite.types import PositiveInt

@@ -2,12 +2,16 @@
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
+import lightning.pytorch as pl
 import pytest
 import torch
+from torchmetrics import MeanMetric
 
 from machlite.accelerator import choose_accelerator, lightning_has_ipu, stop_gpu_probe
 from machlite.errors import ConfigError
+from machlite.ipu import on_ipu, record_host_call
 
 from .conftest import CONFIGS, run, synthetic
 
@@ -64,3 +68,27 @@ def test_cpu_runs_stop_torch_probing_for_a_gpu(
     assert run(args) == 0
     assert "accelerator cpu (no CUDA GPU" in capsys.readouterr().out
     assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_ipu_host_call_is_recorded_on_the_host() -> None:
+    """machlite.ipu.record_host_call, which only the IPU stack runs for real (tests/ipu)."""
+    assert on_ipu(pl.Trainer(accelerator="cpu", logger=False)) is False
+    logged: list[tuple[int, dict]] = []
+    sgd = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.05)
+    trainer = SimpleNamespace(
+        log_every_n_steps=2,
+        optimizers=[sgd],
+        loggers=[SimpleNamespace(log_metrics=lambda m, step: logged.append((step, m)))],
+        is_global_zero=True,
+        sanity_checking=False,
+    )
+    module = SimpleNamespace(trainer=trainer, train_loss=MeanMetric(), global_step=0)
+    for step, loss in enumerate([1.0, 2.0, 4.0], start=1):  # Lightning counts the call first
+        module.global_step = step
+        outputs = {"loss": torch.tensor([loss, loss])} if step == 2 else torch.tensor(loss)
+        record_host_call(module, outputs)
+    assert module.train_loss.compute().item() == pytest.approx(7 / 3)
+    assert logged == [
+        (0, {"train/loss": 1.0, "train/lr": 0.05}),
+        (2, {"train/loss": 4.0, "train/lr": 0.05}),
+    ]

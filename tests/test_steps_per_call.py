@@ -1,12 +1,21 @@
 """Several optimizer steps per Lightning call give exactly the one-step-per-call results."""
 
+import copy
+import types
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
 
+import machlite.engine
+from machlite.engine import MODULE_API, STEP_HOOKS, TRAINER_API, MultiStepEngine, skips_step_hooks
 from machlite.models import JSCTiny
 from machlite.module import Classifier
 
@@ -21,7 +30,7 @@ class PathProbe(Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         seen = SEEN.setdefault(trainer.logger.name, {})
-        seen["fast"] = pl_module._fast_steps
+        seen["fast"] = pl_module.engine.fast
         seen["global_step"] = trainer.global_step
 
 
@@ -222,4 +231,90 @@ def test_fast_path_only_when_nothing_could_notice(
     model = module_class(JSCTiny(), num_classes=5, input_shape=(16,), steps_per_call=4)
     trainer = pl.Trainer(accelerator="cpu", logger=False, **trainer_kwargs)
     model.trainer = trainer
-    assert model._skips_step_hooks() is fast
+    assert skips_step_hooks(model) is fast
+
+
+def test_engine_uses_only_its_documented_seam(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine runs a fit's K steps on a module and trainer that have only the names its
+    docstring lists (any other name raises AttributeError), reaches Lightning's private step
+    counter only through machlite._compat.step_counter, and gives the plain loop's weights."""
+    assert all(f"``{name}``" in machlite.engine.__doc__ for name in MODULE_API)
+    real = Classifier(JSCTiny(), num_classes=5, input_shape=(16,), steps_per_call=3)
+    assert all(hasattr(real, name) for name in MODULE_API if name != "trainer")
+    assert all(hasattr(pl.Trainer(logger=False), name) for name in TRAINER_API)
+
+    torch.manual_seed(0)
+    network = nn.Linear(4, 3)
+    reference = copy.deepcopy(network)
+    batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(3)]
+    sgd = torch.optim.SGD(network.parameters(), lr=0.1)
+    counted: list[str] = []
+    wrapper = types.SimpleNamespace(optimizer=sgd)  # what optimizers() gives on the fast path
+
+    def step_counter(optimizer: object) -> tuple:
+        assert optimizer is wrapper
+        return (lambda: counted.append("before")), (lambda: counted.append("after"))
+
+    monkeypatch.setattr(machlite.engine, "step_counter", step_counter)
+    logged: list[tuple[int, dict]] = []
+    trainer = types.SimpleNamespace(
+        strategy=SingleDeviceStrategy("cpu"),
+        profiler=PassThroughProfiler(),
+        callbacks=[Callback()],
+        lr_scheduler_configs=[
+            types.SimpleNamespace(
+                scheduler=torch.optim.lr_scheduler.StepLR(sgd, 1, gamma=0.5), interval="step"
+            )
+        ],
+        log_every_n_steps=2,
+        optimizers=[sgd],
+        loggers=[types.SimpleNamespace(log_metrics=lambda m, step: logged.append((step, m)))],
+        is_global_zero=True,
+        sanity_checking=False,
+        world_size=1,
+        state=types.SimpleNamespace(fn="fit"),
+    )
+    assert set(vars(trainer)) == set(TRAINER_API)
+    shown: list[float] = []
+    hooked: list[int] = []
+    module = types.SimpleNamespace(
+        trainer=trainer,
+        optimizers=lambda: wrapper,
+        global_step=0,
+        log=lambda name, value, **kwargs: shown.append(value),
+        device=torch.device("cpu"),
+        network=network,
+        loss_fn=nn.CrossEntropyLoss(),
+        train_loss=MeanMetric(),
+        train_acc=MulticlassAccuracy(num_classes=3, average="micro"),
+        step_hooks=[lambda step, loss: hooked.append(step)],
+    )
+    for name in (*STEP_HOOKS, "backward", "manual_backward"):  # not overridden
+        setattr(module, name, types.MethodType(getattr(pl.LightningModule, name), module))
+    assert set(vars(module)) == set(MODULE_API)
+
+    engine = MultiStepEngine(steps_per_call=3)
+    engine.start(module)
+    assert engine.fast is True
+    engine.run(module, batches)
+    engine.epoch_end(module)
+    assert all(value is not module for value in vars(engine).values())  # keeps no reference
+
+    plain = torch.optim.SGD(reference.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.StepLR(plain, 1, gamma=0.5)
+    losses = []
+    for x, y in batches:
+        plain.zero_grad()
+        loss = nn.functional.cross_entropy(reference(x), y)
+        loss.backward()
+        plain.step()
+        schedule.step()
+        losses.append(loss.item())
+    for mine, theirs in zip(network.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    assert counted == ["before", "after"] * 3
+    assert hooked == [0, 1, 2]
+    assert [(step, m["train/lr"]) for step, m in logged] == [(0, 0.1), (2, 0.025)]
+    assert [m["train/loss"] for _, m in logged] == [losses[0], losses[2]]
+    assert shown == [losses[2]]  # the progress bar: once per call, the last logged loss
+    assert module.train_loss.compute().item() == pytest.approx(sum(losses) / 3)

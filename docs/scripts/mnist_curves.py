@@ -15,16 +15,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from machlite.events import load_events  # noqa: E402
 
 SOFTMAX_FLOOR = math.log(math.e + 9) - 1
 
 
 def scalars(run_dir: Path, tag: str) -> tuple[list[int], list[float]]:
     """Steps and values of one scalar tag of a run."""
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
-    points = events.Scalars(tag)
+    points = load_events(run_dir).Scalars(tag)
     return [p.step for p in points], [p.value for p in points]
 
 

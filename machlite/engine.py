@@ -1,0 +1,279 @@
+"""The training-step engine: K optimizer steps per Lightning call, and logging when due.
+
+It owns what the task does beyond forward and loss while training: with
+``model.steps_per_call`` K > 1, manual optimization through the K batches Lightning hands
+over at once, the fast path that skips Lightning's per-step hook dispatch when nothing could
+notice (:func:`skips_step_hooks`), the LR schedulers (per step and per epoch), the epoch
+metrics updated once per call, and the step curves (``train/loss``, ``train/acc``,
+``train/lr``) logged every ``trainer.log_every_n_steps`` optimizer steps. With K = 1
+Lightning optimizes and the engine only records each step. docs/performance.md explains
+why each piece is there.
+
+The seam. The task holds one :class:`MultiStepEngine` and drives it from four places:
+``on_train_start`` calls :meth:`~MultiStepEngine.start`, ``training_step`` calls
+:meth:`~MultiStepEngine.run` (K > 1) or :meth:`~MultiStepEngine.record` (K = 1),
+``on_train_epoch_end`` calls :meth:`~MultiStepEngine.epoch_end`, and
+``on_validation_epoch_start`` calls :func:`sync_buffers`. Each call is handed the module; the
+engine keeps no reference to it and uses of it only the names in :data:`MODULE_API`
+(Lightning's ``trainer``, ``optimizers``, ``manual_backward``, ``global_step``, ``log``,
+``device``; the task's ``network``, ``loss_fn``, ``train_loss``, ``train_acc`` and
+``step_hooks``; and, to choose the path, whether the module overrides
+``on_before_backward``, ``on_after_backward``, ``on_before_optimizer_step``, ``backward``
+or ``manual_backward``), and of the trainer only the names in :data:`TRAINER_API`. Its one
+use of Lightning's private state, the optimizer-step counter, goes through
+:func:`machlite._compat.step_counter`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.profilers import PassThroughProfiler
+from lightning.pytorch.strategies import SingleDeviceStrategy
+from torch import Tensor
+
+from machlite._compat import step_counter
+from machlite.loggers import current_lr
+
+try:  # lightning >= 2.1
+    from lightning.pytorch.plugins.precision import Precision
+except ImportError:  # lightning 2.0 (the IPU stack)
+    from lightning.pytorch.plugins.precision import PrecisionPlugin as Precision
+
+Batch = tuple[Tensor, Tensor]
+#: Hooks Lightning calls around every manual backward and optimizer step.
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+#: What the engine uses of the module it is handed (see the module docstring).
+MODULE_API = (
+    "trainer",
+    "optimizers",
+    "manual_backward",
+    "global_step",
+    "log",
+    "device",
+    "network",
+    "loss_fn",
+    "train_loss",
+    "train_acc",
+    "step_hooks",
+    *STEP_HOOKS,
+    "backward",
+)
+#: What the engine uses of the trainer.
+TRAINER_API = (
+    "strategy",
+    "profiler",
+    "callbacks",
+    "lr_scheduler_configs",
+    "log_every_n_steps",
+    "optimizers",
+    "loggers",
+    "is_global_zero",
+    "sanity_checking",
+    "world_size",
+    "state",
+)
+
+
+def due(trainer: pl.Trainer, step: int) -> bool:
+    """Whether optimizer step ``step`` is logged (every ``log_every_n_steps`` steps)."""
+    return step % (trainer.log_every_n_steps or 1) == 0
+
+
+def write_scalars(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
+    """Send scalars straight to every logger at ``step``; rank 0 only, not while sanity checking.
+
+    Under DDP the step values are rank 0's own batch's.
+    """
+    if trainer.sanity_checking or not trainer.is_global_zero:
+        return
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=step)
+
+
+def show_loss(module: pl.LightningModule, value: float | None) -> None:
+    """Put the latest logged ``train/loss`` on the progress bar (and callback_metrics).
+
+    Called at most once per Lightning call: ``self.log`` costs about 0.6 ms on a 2-core CPU
+    (Lightning moves and copies its result entry each time), more than a JSC-Tiny optimizer
+    step, so calling it at every logged step made ``log_every_n_steps: 1`` 2.6x slower than
+    the plain loop (docs/performance.md).
+    """
+    if value is not None:
+        module.log("train/loss", value, prog_bar=True, logger=False)
+
+
+def _inherits(obj: object, base: type, name: str) -> bool:
+    """True when ``obj.name`` is ``base``'s method: not overridden by a subclass or instance."""
+    return getattr(getattr(obj, name), "__func__", None) is getattr(base, name)
+
+
+def skips_step_hooks(module: pl.LightningModule) -> bool:
+    """Whether the multi-step calls may bypass Lightning's per-step hook dispatch.
+
+    Only when nothing could notice: one process (no DDP gradient hooks), 32-bit precision
+    (no autocast or loss scaling), no profiler (its report lists the hooks), and no callback
+    or module (subclass or instance) that overrides ``on_before_backward``,
+    ``on_after_backward`` or ``on_before_optimizer_step``, nor ``backward`` or
+    ``manual_backward`` on the module. Otherwise every step goes through Lightning's
+    ``manual_backward`` and ``LightningOptimizer.step``, with all their hooks.
+    """
+    trainer = module.trainer
+    if type(trainer.strategy) is not SingleDeviceStrategy:
+        return False
+    if type(trainer.strategy.precision_plugin) is not Precision:
+        return False
+    if type(trainer.profiler) is not PassThroughProfiler:
+        return False
+    for callback in trainer.callbacks:
+        if not all(_inherits(callback, Callback, hook) for hook in STEP_HOOKS):
+            return False
+    own = (*STEP_HOOKS, "backward", "manual_backward")
+    return all(_inherits(module, pl.LightningModule, hook) for hook in own)
+
+
+def sync_buffers(module: pl.LightningModule) -> None:
+    """DDP fit: copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at a forward through its wrapper, but Lightning's manual
+    optimization (``steps_per_call`` > 1) switches that off, so each rank would keep the
+    statistics of its own batches. Rank 0 writes the checkpoints: with its buffers on every
+    rank before validation, all ranks evaluate the checkpointed model, and logged ``val/acc``
+    equals a single-process validation of that checkpoint. Rank 0's statistics are what DDP
+    keeps with one step per call too.
+    """
+    trainer = module.trainer
+    if trainer.world_size == 1 or trainer.state.fn != "fit":
+        return
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    for buffer in module.network.buffers():
+        torch.distributed.broadcast(buffer, src=0)
+
+
+class MultiStepEngine:
+    """Run a task's training steps: ``steps_per_call`` optimizer steps per Lightning call.
+
+    Above one step per call the steps use manual optimization (:attr:`manual`) with the same
+    arithmetic in the same order as Lightning's automatic optimization, so the weights,
+    ``global_step`` and the logged curves are those of one step per call.
+
+    Args:
+        steps_per_call: Optimizer steps per Lightning training call (``model.steps_per_call``).
+
+    Attributes:
+        manual: Whether the steps use manual optimization (``steps_per_call`` > 1).
+        fast: Whether this fit's steps skip Lightning's per-step hook dispatch (set by
+            :meth:`start`; see :func:`skips_step_hooks`).
+    """
+
+    def __init__(self, steps_per_call: int = 1) -> None:
+        self.steps_per_call = int(steps_per_call)
+        self.manual = self.steps_per_call > 1
+        self.fast = False
+
+    def start(self, module: pl.LightningModule) -> None:
+        """Choose the path once per fit (``on_train_start``)."""
+        self.fast = self.manual and skips_step_hooks(module)
+
+    def record(self, module: pl.LightningModule, out: Tensor, loss: Tensor, y: Tensor) -> None:
+        """One step per call: update the epoch metrics, log when due, call the step hooks.
+
+        Args:
+            module: The task.
+            out: The step's network outputs, detached.
+            loss: The step's loss, detached.
+            y: The step's labels.
+        """
+        module.train_loss.update(loss, weight=len(y))
+        module.train_acc.update(out, y)
+        show_loss(module, self._log_step(module, module.global_step, loss, out, y))
+
+    def run(self, module: pl.LightningModule, batches: Sequence[Batch]) -> None:
+        """Manual optimization: one optimizer step per batch of ``batches``, as Lightning would.
+
+        On the fast path (:attr:`fast`) the backward pass and the optimizer step are called
+        directly: the same arithmetic in the same order, without Lightning's per-step
+        dispatch of hooks that nothing here overrides. Lightning's optimizer-step counter
+        (``global_step``) still counts every step. The epoch metrics are updated once per
+        call, with all the call's outputs.
+        """
+        optimizer = module.optimizers()
+        raw = optimizer.optimizer
+        configs = module.trainer.lr_scheduler_configs
+        schedulers = [c.scheduler for c in configs if c.interval == "step"]
+        before_step, after_step = step_counter(optimizer)
+        fast = self.fast
+        start = module.global_step
+        outs, losses = [], []
+        shown = None
+        for i, (x, y) in enumerate(batches):
+            out = module.network(x)
+            loss = module.loss_fn(out, y)
+            if fast:
+                raw.zero_grad()
+                loss.backward()
+                before_step()  # Lightning's optimizer-step counter
+                raw.step()
+                after_step()
+            else:
+                optimizer.zero_grad()
+                module.manual_backward(loss)
+                optimizer.step()
+            out, loss = out.detach(), loss.detach()
+            outs.append(out)
+            losses.append(loss)
+            logged = self._log_step(module, start + i, loss, out, y)  # with this step's lr
+            shown = shown if logged is None else logged
+            for scheduler in schedulers:
+                scheduler.step()
+        show_loss(module, shown)
+        sizes = [len(y) for _, y in batches]
+        weights = torch.tensor(sizes, dtype=torch.float32, device=module.device)
+        module.train_loss.update(torch.stack(losses), weight=weights)
+        module.train_acc.update(torch.cat(outs), torch.cat([y for _, y in batches]))
+
+    def epoch_end(self, module: pl.LightningModule) -> None:
+        """At a training epoch's end: step the per-epoch LR schedulers (manual), sync buffers."""
+        if self.manual:
+            for config in module.trainer.lr_scheduler_configs:
+                if config.interval == "epoch":
+                    config.scheduler.step()
+        sync_buffers(module)
+
+    @staticmethod
+    def _log_step(
+        module: pl.LightningModule, step: int, loss: Tensor, out: Tensor, y: Tensor
+    ) -> float | None:
+        """Log a step's loss, accuracy and lr when due; then call the task's step hooks.
+
+        Returns:
+            The logged loss, or None when this step was not logged. The caller shows it on
+            the progress bar (:func:`show_loss`), once per call.
+        """
+        trainer = module.trainer
+        value = None
+        if due(trainer, step):
+            value = loss.item()
+            acc = (out.argmax(dim=1) == y).float().mean().item()
+            scalars = {"train/loss": value, "train/acc": acc, "train/lr": current_lr(trainer)}
+            write_scalars(trainer, scalars, step)
+        for hook in module.step_hooks:  # after logging: a diverged step still shows on the curves
+            hook(step, loss)
+        return value
+
+
+__all__ = [
+    "MODULE_API",
+    "STEP_HOOKS",
+    "TRAINER_API",
+    "MultiStepEngine",
+    "due",
+    "show_loss",
+    "skips_step_hooks",
+    "sync_buffers",
+    "write_scalars",
+]

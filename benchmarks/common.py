@@ -223,16 +223,20 @@ def environment() -> dict[str, str | int | float]:
     }
 
 
-def report(path: str | None, results: dict) -> None:
+def report(path: str | None, results: dict, targets: dict[str, float] | None = None) -> None:
     """Print the results as a Markdown table and write them to ``path`` as JSON (if given).
 
     The machine's description (:func:`environment`, taken now, at the end of the run) is
-    written with them.
+    written with them. A key in ``targets`` (an upper bound) is shown with pass or FAIL.
     """
     results = {**results, **{f"env_{k}": v for k, v in environment().items()}}
     print("\n| measure | value |\n|---|---:|")
     for key, value in results.items():
-        print(f"| {key} | {value:.3f} |" if isinstance(value, float) else f"| {key} | {value} |")
+        text = f"{value:.3f}" if isinstance(value, float) else str(value)
+        if targets and key in targets:
+            verdict = "pass" if value <= targets[key] else "FAIL"
+            text += f" (target <= {targets[key]}: {verdict})"
+        print(f"| {key} | {text} |")
     if path:
         atomic_write(path, json.dumps(results, indent=2, sort_keys=True) + "\n")
         print(f"wrote {path}")

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from machlite.atomic import atomic_write
+
 
 def run(args: list[str], log: Path) -> str:
     """Run ``python -m machlite ARGS``, keep its output in ``log``, return the output."""
@@ -64,7 +66,7 @@ def main() -> None:
     if opts.json:
         summary = {"config": opts.config, "runs": results, "mean": mean, "std": std}
         summary["s_per_epoch_median"] = epoch_s
-        Path(opts.json).write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write(opts.json, json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

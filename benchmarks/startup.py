@@ -12,7 +12,6 @@ Targets: (b) / (a) <= 1.3 and (c) / (a) <= 1.3.
 """
 
 import argparse
-import json
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, interleaved  # noqa: E402
+from common import interleaved, report  # noqa: E402
 
 #: Each measured command, as arguments to the Python interpreter.
 COMMANDS: dict[str, list[str]] = {
@@ -48,21 +47,6 @@ def run_seconds(args: list[str]) -> float:
     return seconds
 
 
-def report(path: str | None, results: dict) -> None:
-    """Print the results as a Markdown table, each ratio with its target, and write the JSON."""
-    results = {**results, **{f"env_{k}": v for k, v in environment().items()}}
-    print("\n| measure | value |\n|---|---:|")
-    for key, value in results.items():
-        text = f"{value:.3f}" if isinstance(value, float) else str(value)
-        if key in TARGETS:
-            verdict = "pass" if value <= TARGETS[key] else "FAIL"
-            text += f" (target <= {TARGETS[key]}: {verdict})"
-        print(f"| {key} | {text} |")
-    if path:
-        Path(path).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        print(f"wrote {path}")
-
-
 def main() -> None:
     """Run the benchmark and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -84,7 +68,7 @@ def main() -> None:
     results |= {f"startup_{name}_s": seconds for name, seconds in med.items()}
     results["startup_models_over_import_torch"] = med["models"] / med["import_torch"]
     results["startup_help_over_import_torch"] = med["help"] / med["import_torch"]
-    report(args.json, results)
+    report(args.json, results, TARGETS)
 
 
 if __name__ == "__main__":

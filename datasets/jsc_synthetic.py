@@ -68,7 +68,11 @@ def synthetic_jets(num_jets: int, seed: int = 0) -> np.ndarray:
 def write_synthetic_jsc(path: Path, num_jets: int, seed: int = 0) -> Path:
     """Write a synthetic JSC HDF5 file at ``path`` (atomically: temp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    hint = "pass a writable --data.data_dir (or set MACHLITE_DATA_DIR)"
+    with (
+        atomic_path(path, f"the synthetic JSC file {path}", hint=hint) as tmp,
+        h5py.File(tmp, "w") as f,
+    ):
         f.create_dataset(JSC_DATASET, data=synthetic_jets(num_jets, seed))
         f.attrs["machlite_synthetic"] = "SYNTHETIC data written by machlite; not real jets"
     return path

@@ -28,12 +28,12 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from machlite.accelerator import choose_accelerator, stop_gpu_probe
 from machlite.callbacks import (
     CollapseWarning,
+    ConfusionReport,
     DivergenceGuard,
     HParamsLogger,
     PredictionWriter,
     RunReport,
 )
-from machlite.callbacks.confusion import ConfusionReport
 from machlite.checkpoint import (
     AtomicCheckpointIO,
     MachliteCheckpoint,

@@ -84,6 +84,9 @@ def models(args: Sequence[str] = ()) -> None:
 
     Imports torch and the networks only (no Lightning).
     """
+    if list(args) in (["-h"], ["--help"]):
+        print("usage: machlite models\n\nList every network with its exact parameter count.")
+        return
     if args:
         raise BadArguments(f"machlite models takes no arguments, got {' '.join(args)!r}")
     from machlite.models import NETWORKS, count_parameters

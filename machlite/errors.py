@@ -7,7 +7,9 @@ on stderr and an exit code. :func:`os_error_message` words the OSErrors met whil
 
 from __future__ import annotations
 
+import argparse
 import errno
+from typing import NoReturn
 
 #: Errors that mean "the disk is full" (ENOSPC) or "over quota" (EDQUOT).
 DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -97,3 +99,12 @@ class BadArguments(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+class PlainArgumentParser(argparse.ArgumentParser):
+    """An argparse parser for machlite's own subcommands (``sweep``, ``plot``) whose errors
+    are :class:`BadArguments` (one line, exit 2), as the Lightning subcommands' are."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise ``BadArguments("MESSAGE (see: PROG --help)")``."""
+        raise BadArguments(f"{message} (see: {self.prog} --help)")

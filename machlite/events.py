@@ -54,17 +54,22 @@ def has_events(folder: Path) -> bool:
     return folder.is_dir() and any(folder.glob("events.out.tfevents.*"))
 
 
-def load_events(run_dir: str | Path) -> Any:
+def load_events(run_dir: str | Path, scalars_only: bool = False) -> Any:
     """The one event reader: tensorboard's own ``EventAccumulator`` over ``run_dir``, loaded.
 
     Nothing is sampled away (every scalar, image, tensor and hparams entry is kept), so what
     it returns is what TensorBoard shows. Everything in machlite, its benchmarks and its
     tests that reads event files goes through here.
+
+    Args:
+        run_dir: A run folder.
+        scalars_only: Keep every scalar but skip images and histograms (faster, for curves).
     """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    keep_all = {"scalars": 0, "images": 0, "tensors": 0, "histograms": 0}
-    return EventAccumulator(str(run_dir), size_guidance=keep_all).Reload()
+    other = 1 if scalars_only else 0  # 0 keeps every entry; 1 only the last of each tag
+    keep = {"scalars": 0, "tensors": 0, "images": other, "histograms": other}
+    return EventAccumulator(str(run_dir), size_guidance=keep).Reload()
 
 
 def read_run(run_dir: Path, name: str | None = None) -> RunData:
@@ -74,7 +79,7 @@ def read_run(run_dir: Path, name: str | None = None) -> RunData:
         run_dir: A run folder.
         name: The run's display name (default: the folder's name).
     """
-    acc = load_events(run_dir)
+    acc = load_events(run_dir, scalars_only=True)
     scalars = {
         tag: sorted((e.step, float(e.value), e.wall_time) for e in acc.Scalars(tag))
         for tag in acc.Tags()["scalars"]

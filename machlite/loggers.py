@@ -23,7 +23,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from machlite.errors import write_error
 
-_VERSION = re.compile(r"version_(\d+)")
+#: A run folder's name, ``version_N``.
+VERSION_FOLDER = re.compile(r"version_(\d+)")
 
 
 def tensorboard_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
@@ -108,7 +109,7 @@ def allocate_version(experiment_dir: str | os.PathLike) -> int:
     root = Path(experiment_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        taken = [int(m.group(1)) for p in root.iterdir() if (m := _VERSION.fullmatch(p.name))]
+        taken = [int(m.group(1)) for p in root.iterdir() if (m := VERSION_FOLDER.fullmatch(p.name))]
         version = max(taken, default=-1) + 1
         while True:
             try:

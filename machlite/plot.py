@@ -12,7 +12,6 @@ combination of the other swept parameters. Any other folder (a single run, or
 run.
 """
 
-import argparse
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from machlite.atomic import atomic_path
-from machlite.errors import ConfigError
+from machlite.errors import ConfigError, PlainArgumentParser
 from machlite.events import (
     TRAIN_LOSS,
     TRAIN_LOSS_EPOCH,
@@ -33,14 +32,6 @@ from machlite.events import (
 )
 
 Settings = dict[str, list[RunData]]
-
-
-class OneLineArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are a ConfigError (one line, exit 2), not usage text."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        """Raise the error for ``machlite.cli.main`` to print as one line."""
-        raise ConfigError(f"{message} (see {self.prog} --help)")
 
 
 def _sort_key(value: str) -> tuple[int, float, str]:
@@ -171,7 +162,7 @@ def plot_runs(root: Path, out_dir: Path | None = None, title: str | None = None)
 
 def _save(fig: object, path: Path) -> None:
     """Write a figure as PNG through machlite's atomic writer."""
-    with atomic_path(path, suffix=".png") as tmp:
+    with atomic_path(path, f"the plot {path}", ".png", "choose another folder with --out") as tmp:
         fig.savefig(tmp, dpi=90)
 
 
@@ -214,7 +205,7 @@ def draw(runs: Sequence[RunData], out_dir: Path, title: str) -> list[Path]:
 
 def main(argv: Sequence[str]) -> None:
     """The ``machlite plot`` command."""
-    parser = OneLineArgumentParser(
+    parser = PlainArgumentParser(
         prog="machlite plot",
         description="Draw learning-curve PNGs (training loss against step, validation "
         "accuracy against epoch) from the TensorBoard event files of a run or a sweep folder.",

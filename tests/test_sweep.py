@@ -631,6 +631,16 @@ def test_finished_runs_are_skipped_unless_their_settings_changed(
     sweep.config = CONFIGS / "jsc_tiny.yaml"
     sweep.seeds = [0, 1]  # only the new seed's runs
     assert todo(sweep)[0] == [r.name for r in expand(sweep) if r.seed == 1]
+    # a done.json from before the YAML overrides stored the fit flags: still finished
+    sweep.seeds = [0]
+    for r in runs:
+        old = ["fit", "--config", str(sweep.config), "--trainer.max_epochs", "2"]
+        old += ["--data.batch_size", r.values["data.batch_size"], "--seed_everything", "0"]
+        (sweep.sweep_dir / r.name / "done.json").write_text(json.dumps({"signature": old}))
+    names, out = todo(sweep)
+    assert names == [] and "2 already finished (skipped), 0 to run" in out
+    sweep.overrides = [("trainer.max_epochs", "3")]  # and redone when its settings changed
+    assert todo(sweep)[0] == [r.name for r in runs]
 
 
 def test_check_settings_names_the_setting_and_key_without_running_anything(

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,10 @@ from torchmetrics import Metric
 
 from machlite._compat import mark_metric_restored
 from machlite.checkpoint.io import load_checkpoint_file
-from machlite.loggers import ResumableTensorBoardLogger
+from machlite.loggers import VERSION_FOLDER, ResumableTensorBoardLogger
 
 #: Key of machlite's own entry in a checkpoint (RNG states, epoch metrics, curve snapshot).
 RESUME_KEY = "machlite_resume"
-_VERSION = re.compile(r"version_(\d+)")
 
 
 class ResumeState(Callback):
@@ -126,7 +124,7 @@ def find_last_checkpoint(experiment_dir: str | os.PathLike) -> Path | None:
     """
     found = []
     for ckpt in Path(experiment_dir).glob("version_*/checkpoints/last.ckpt"):
-        match = _VERSION.fullmatch(ckpt.parent.parent.name)
+        match = VERSION_FOLDER.fullmatch(ckpt.parent.parent.name)
         if match and ckpt.is_file():
             found.append((ckpt.stat().st_mtime_ns, int(match.group(1)), ckpt))
     return max(found)[2] if found else None

@@ -39,6 +39,7 @@ from machlite.sweep.spec import (
     RunSettings,
     Sweep,
     expand,
+    is_finished,
     read_done,
     run_settings,
     typed_value,
@@ -94,7 +95,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, out: IO[str] | None = None) -> Runner
     todo = []
     for run in runs:
         done = read_done(sweep.sweep_dir / run.name)
-        if done is not None and done.get("signature") == run_settings(sweep, run).signature():
+        if is_finished(sweep, run, done):
             continue
         if done is not None:
             runner.say(f"machlite sweep: {run.name} finished with other arguments; redoing it")

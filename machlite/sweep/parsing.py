@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from machlite.atomic import atomic_write
-from machlite.errors import BadArguments, ConfigError, MachliteError
+from machlite.errors import BadArguments, ConfigError, MachliteError, PlainArgumentParser
 from machlite.sweep.spec import (
     OVERRIDES_FILE,
     Sweep,
@@ -169,9 +169,7 @@ def validate(sweep: Sweep) -> None:
 
 def build_parser() -> Any:
     """The ``machlite sweep`` argument parser (extra ``--key value`` pairs are kept apart)."""
-    from machlite.plot import OneLineArgumentParser
-
-    parser = OneLineArgumentParser(
+    parser = PlainArgumentParser(
         prog="machlite sweep",
         allow_abbrev=False,
         description="Run every combination of --grid values once per seed, each a normal "

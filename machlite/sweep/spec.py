@@ -315,12 +315,35 @@ class RunSettings:
 
 def run_settings(sweep: Sweep, run: Run) -> RunSettings:
     """A run's settings: the sweep's fixed overrides, then the run's values, then its links."""
-    pairs = [
+    return RunSettings(sweep.config, override_block(_pairs(sweep, run)), run.seed)
+
+
+def _pairs(sweep: Sweep, run: Run) -> list[tuple[str, str]]:
+    """The run's ``(key, value)`` settings as given: fixed, swept, then linked."""
+    return [
         *sweep.overrides,
         *run.values.items(),
         *((target, run.values[source]) for target, source in sweep.link.items()),
     ]
-    return RunSettings(sweep.config, override_block(pairs), run.seed)
+
+
+def legacy_signature(sweep: Sweep, run: Run) -> list[str]:
+    """A run's signature as ``done.json`` files written before version 0.2 stored it: the
+    ``machlite fit`` arguments as flags, so sweeps started then keep their finished runs."""
+    args = ["fit"]
+    if sweep.config is not None:
+        args += ["--config", str(sweep.config)]
+    for key, value in _pairs(sweep, run):
+        args += [f"--{key}", value]
+    return [*args, "--seed_everything", str(run.seed)]
+
+
+def is_finished(sweep: Sweep, run: Run, done: dict[str, Any] | None) -> bool:
+    """Whether ``done`` (the run's ``done.json``) records this run with these settings."""
+    if done is None:
+        return False
+    signature = done.get("signature")
+    return signature in (run_settings(sweep, run).signature(), legacy_signature(sweep, run))
 
 
 def is_synthetic_sweep(sweep: Sweep) -> bool:

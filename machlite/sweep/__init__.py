@@ -42,7 +42,7 @@ from machlite.sweep.spec import (
     is_finished,
     read_done,
     run_settings,
-    typed_value,
+    block_value,
 )
 from machlite.sweep.summary import report, summarize
 
@@ -60,7 +60,7 @@ __all__ = [
     "run_settings",
     "run_sweep",
     "summarize",
-    "typed_value",
+    "block_value",
 ]
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from machlite.atomic import atomic_write
+from machlite.config_files import yaml_error_message
 from machlite.errors import BadArguments, ConfigError, MachliteError, PlainArgumentParser
 from machlite.sweep.spec import (
     OVERRIDES_FILE,
@@ -112,7 +113,8 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"cannot read the sweep file {path}: {err.strerror}") from err
     except yaml.YAMLError as err:
-        raise ConfigError(f"sweep file {path} is not valid YAML: {err}".splitlines()[0]) from err
+        where = f"sweep file {path} is not valid YAML"
+        raise ConfigError(yaml_error_message(err, where)) from err  # with line and column
     if not isinstance(data, dict):
         raise ConfigError(f"sweep file {path} must be a mapping with keys {SWEEP_FILE_KEYS}")
     unknown = sorted(set(data) - set(SWEEP_FILE_KEYS))

@@ -2,7 +2,7 @@
 
 A :class:`Sweep` (base config, grid, seeds, fixed overrides, links) expands into runs
 (:class:`Run`), one per setting and seed. Each run's settings (:class:`RunSettings`) are the
-base config plus one nested, typed override block: the fixed overrides, the run's grid values
+base config plus one nested override block: the fixed overrides, the run's grid values
 and the links, in that order, as jsonargparse would merge them from a second ``--config``.
 A finished run's record, ``done.json``, is read here too (:func:`read_done`); its signature
 says whether the run was made with the current settings.
@@ -31,8 +31,6 @@ OVERRIDES_FILE = "overrides.yaml"
 DONE_FILE = "done.json"
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-_INT = re.compile(r"[-+]?[0-9]+")
-_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _CLASS_KEYS = ("class_path", "init_args", "dict_kwargs")
 
 
@@ -136,39 +134,23 @@ def expand(sweep: Sweep) -> list[Run]:
 
 
 # -- values and override blocks ---------------------------------------------------------------
-def typed_value(text: str) -> Any:
-    """A command-line value as the YAML value ``machlite fit`` reads it as.
+def block_value(text: str) -> Any:
+    """A command-line value as the override block holds it: as given, for jsonargparse to type.
 
-    Integers and floats (``32``, ``1e-3``, ``.5``) become numbers, ``true``/``false``/``null``
-    bools and None, ``[...]`` and ``{...}`` lists and mappings (their items typed the same
-    way), and quoted text (``'"2024"'``) the text inside the quotes. Anything else stays text,
-    which jsonargparse converts to the key's type, as it does on the command line.
+    jsonargparse converts a config file's text values by the key's type exactly as it
+    converts command-line values (``"32"`` for an int key is 32, ``"2024"`` for a text key
+    stays text, ``"null"`` is None), so the block keeps them as given and a run sees what the
+    same ``--key value`` flags would give. Only a mapping (``{...}``, e.g. a class path with
+    its arguments) is read as YAML, so that its keys merge with other settings of the block.
     """
-    text = text.strip()
-    if text in ("true", "false"):
-        return text == "true"
-    if text == "null":
-        return None
-    if _INT.fullmatch(text):
-        return int(text)
-    if _FLOAT.fullmatch(text):
-        return float(text)
-    if text[:1] in ("[", "{", '"', "'"):
+    if text.lstrip()[:1] == "{":
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError:
             return text
-        return loaded if text[:1] in ('"', "'") else _typed_items(loaded)
+        if isinstance(loaded, dict):
+            return loaded
     return text
-
-
-def _typed_items(value: Any) -> Any:
-    """Type the text items of a list or mapping loaded from YAML (``1e-3`` is text there)."""
-    if isinstance(value, list):
-        return [_typed_items(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _typed_items(v) for k, v in value.items()}
-    return typed_value(value) if isinstance(value, str) else value
 
 
 def _as_subclass(node: dict[str, Any]) -> dict[str, Any]:
@@ -218,10 +200,10 @@ def _normalize(tree: dict[str, Any]) -> None:
 
 def override_block(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
     """``[("data.batch_size", "32"), ("lr_scheduler.init_args.T_max", "5")]`` ->
-    ``{"data": {"batch_size": 32}, "lr_scheduler": {"init_args": {"T_max": 5}}}``."""
+    ``{"data": {"batch_size": "32"}, "lr_scheduler": {"init_args": {"T_max": "5"}}}``."""
     tree: dict[str, Any] = {}
     for key, text in pairs:
-        set_key(tree, key, typed_value(text))
+        set_key(tree, key, block_value(text))
     return tree
 
 
@@ -272,7 +254,7 @@ class RunSettings:
 
     Attributes:
         config: The base config file, or None.
-        overrides: The run's override block: nested and typed, e.g.
+        overrides: The run's override block: nested, values as given, e.g.
             ``{"data": {"batch_size": 32}}``; given to ``machlite fit`` as a second
             ``--config`` after the base config.
         seed: The run's ``--seed_everything``.

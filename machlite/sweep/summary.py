@@ -16,6 +16,7 @@ from typing import Any
 
 from machlite.atomic import atomic_write
 from machlite.events import is_synthetic, read_run, run_metrics
+from machlite.notices import read_warnings
 from machlite.sweep.spec import Run, Sweep, read_done, short_keys
 
 METRICS = ("val_acc_final", "val_acc_best", "test_acc", "epochs_to_best", "sec_per_epoch")
@@ -194,6 +195,22 @@ def summary_markdown(
     return "\n".join(lines)
 
 
+def warnings_markdown(sweep: Sweep, runs: list[Run]) -> str:
+    """A "Warnings" section naming each run whose ``warnings.txt`` has lines (else "")."""
+    lines = []
+    for run in runs:
+        found = read_warnings(sweep.sweep_dir / run.name)
+        if found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            lines.append(
+                f"- `{run.setting}` seed {run.seed} (`{run.name}`): warnings: {found[0]}{more}"
+            )
+    if not lines:
+        return ""
+    intro = "Runs that warned (collapse, divergence, dropped data); see `warnings.txt` in each:"
+    return "\n".join(["", "## Warnings", "", intro, "", *lines, ""])
+
+
 def report(sweep: Sweep, runs: list[Run], failed: list[tuple[Run, int, str]]) -> list[Path]:
     """Write summary.csv, runs.csv, summary.md and the plots of the finished runs.
 
@@ -212,5 +229,6 @@ def report(sweep: Sweep, runs: list[Run], failed: list[tuple[Run, int, str]]) ->
     if finished:
         plots = draw([read_run(out / r.name, r.name) for r in finished], out / "plots", sweep.name)
     text = summary_markdown(sweep, setting_rows, len(runs), failed, plots, synthetic)
+    text += warnings_markdown(sweep, runs)
     atomic_write(out / "summary.md", text)
     return [out / "summary.csv", out / "runs.csv", out / "summary.md", *plots]

@@ -38,11 +38,11 @@ from machlite.sweep.spec import (
     Run,
     RunSettings,
     Sweep,
+    block_value,
     expand,
     is_finished,
     read_done,
     run_settings,
-    block_value,
 )
 from machlite.sweep.summary import report, summarize
 

@@ -120,10 +120,10 @@ def stop_gpu_probe() -> bool:
     return True
 
 
-__all__ = ["choose_accelerator", "lightning_has_ipu", "on_ipu", "poptorch_state", "stop_gpu_probe"]
-
-
 def on_ipu(trainer: Any) -> bool:
     """Whether ``trainer`` runs on IPUs (lightning 2.0.9's ``IPUStrategy``)."""
     strategy = getattr(trainer, "strategy", None)
     return type(strategy).__name__ == "IPUStrategy"
+
+
+__all__ = ["choose_accelerator", "lightning_has_ipu", "on_ipu", "poptorch_state", "stop_gpu_probe"]

@@ -49,6 +49,7 @@ class PredictionWriter(BasePredictionWriter):
         predictions: Any,
         batch_indices: Any,
     ) -> None:
+        """Write every prediction, in data order, to ``predictions.csv`` (rank 0)."""
         folder = Path(self.output_dir or trainer.log_dir or ".")
         folder.mkdir(parents=True, exist_ok=True)
         classes = torch.cat([p[0] for p in predictions]).cpu()

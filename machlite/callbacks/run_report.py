@@ -13,6 +13,7 @@ class RunReport(Callback):
     """Say where a run writes, and after fit where its results are and how to view them."""
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Print the run folder and the devices (rank 0)."""
         # trainer.log_dir is a collective under DDP (rank 0 broadcasts it): every rank asks
         where = trainer.log_dir if trainer.loggers else "(no logger)"
         if not trainer.is_global_zero:
@@ -23,6 +24,7 @@ class RunReport(Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Print where the results are, the best checkpoint and the TensorBoard command."""
         logger = tensorboard_logger(trainer)
         if logger is None:
             return

@@ -34,6 +34,7 @@ from machlite.callbacks import (
     PredictionWriter,
     RunReport,
 )
+from machlite.callbacks.progress import count_steps
 from machlite.checkpoint import (
     AtomicCheckpointIO,
     MachliteCheckpoint,
@@ -331,6 +332,7 @@ class MachliteCLI(LightningCLI):
             if isinstance(callback, HParamsLogger) and not callback.hparams:
                 callback.hparams = self.hparams()
             trainer.callbacks.append(callback)
+        count_steps(trainer)  # the progress bar counts optimizer steps, not calls of K
         checkpoint_io = self._get(self.config_init, "checkpoint_io")
         if checkpoint_io is not None and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = checkpoint_io  # crash-safe writes

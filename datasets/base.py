@@ -16,6 +16,7 @@ from machlite.types import PositiveInt
 
 from .ipu import ipu_loader
 from .loader import InMemoryLoader
+from .validate import check_splits
 
 Split = tuple[Tensor, Tensor]
 
@@ -38,6 +39,11 @@ class InMemoryDataModule(pl.LightningDataModule):
     tracebacks of a broken connection. The loaders shard every split by rank
     (:class:`~machlite.datasets.loader.InMemoryLoader`).
 
+    Bad data is named at load: ``setup`` checks the splits ``load_splits`` returns (none
+    empty, every feature finite, every label a class index; :mod:`machlite.datasets.validate`)
+    and raises one-line :class:`~machlite.errors.DataError`, unless the subclass checked them
+    itself before caching (``checks_own_splits``).
+
     Args:
         data_dir: Data folder (None: ``$MACHLITE_DATA_DIR`` or ``~/.cache/machlite``).
         batch_size: Training batch size.
@@ -48,6 +54,9 @@ class InMemoryDataModule(pl.LightningDataModule):
 
     num_classes: int
     input_shape: tuple[int, ...]
+    #: True when ``load_splits`` returns arrays already checked before caching (JSC): then
+    #: ``setup`` does not check them again (machlite.datasets.validate.check_splits).
+    checks_own_splits: bool = False
 
     def __init__(
         self,
@@ -85,6 +94,11 @@ class InMemoryDataModule(pl.LightningDataModule):
         """A word added to the run name (e.g. "synthetic"); empty for real data."""
         return ""
 
+    @property
+    def data_source(self) -> str:
+        """What the splits are read from, for messages (e.g. "JSC file data/jsc/x.h5")."""
+        return f"the {type(self).__name__} data in {self.data_dir}"
+
     def load_splits(self) -> dict[str, Split]:
         """Return the "train", "val" and "test" splits as (float features, int64 labels)."""
         raise NotImplementedError
@@ -100,6 +114,8 @@ class InMemoryDataModule(pl.LightningDataModule):
             splits = self.load_splits()
         finally:
             self._loading = False
+        if not self.checks_own_splits:  # none empty, features finite, labels class indices
+            check_splits(splits, self.num_classes, self.data_source, "fix the data files")
         device = self._target_device(splits)
         self.splits = {k: (x.to(device), y.to(device)) for k, (x, y) in splits.items()}
 

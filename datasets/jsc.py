@@ -7,10 +7,12 @@ columns. Then, unlike machop, a seeded held-out validation split from the traini
 The result is cached, keyed by everything that changes it.
 """
 
+import functools
 import hashlib
 import json
 import logging
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -22,34 +24,105 @@ from sklearn.preprocessing import StandardScaler
 from machlite.atomic import atomic_path
 from machlite.download import download
 from machlite.errors import ConfigError, DataError, os_error_message
+from machlite.notices import warn
 from machlite.types import AtLeast100, Fraction, PositiveInt
 
 from .base import InMemoryDataModule, Split
 from .jsc_format import FEATURES, JSC_FILENAME, JSC_URL, LABELS, read_jsc_table, verify_jsc_file
 from .jsc_synthetic import write_synthetic_jsc
+from .validate import (
+    check_features,
+    check_one_hot,
+    check_splits,
+    describe_fields,
+    nonfinite_fields,
+    nonfinite_rows,
+)
 
 log = logging.getLogger(__name__)
 
-#: Bump when the preprocessing changes: old caches are then ignored.
-CACHE_FORMAT_VERSION = 1
+#: Bump when the preprocessing changes: old caches are then ignored. 2: the arrays are
+#: checked (machlite.datasets.validate) before a cache is written.
+CACHE_FORMAT_VERSION = 2
 TEST_SIZE = 0.2
 SPLIT_RANDOM_STATE = 42
 _ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+SPLITS = ("train", "val", "test")
+#: Fewest usable jets a file must hold (each split needs some).
+MIN_JETS = 10
 
 
-def preprocess(path: Path, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
+def check_table(
+    table: np.ndarray,
+    path: Path,
+    drop_nonfinite: bool = False,
+    notice: Callable[[str], None] | None = None,
+) -> np.ndarray:
+    """Check a JSC table as read (features finite, labels one-hot); drop bad rows if asked.
+
+    Args:
+        table: The 16 features then the 5 label columns, one row per jet.
+        path: The file it was read from (named in the messages).
+        drop_nonfinite: Drop the rows with a NaN or infinite value instead of failing.
+        notice: Called with the sentence saying how many rows were dropped (default: the log).
+
+    Returns:
+        The table, without the dropped rows.
+
+    Raises:
+        DataError: Non-finite values (unless dropped), label columns that are not one-hot,
+            or no jets left; naming the file, the fields and the rows.
+    """
+    where = f"JSC file {path}"
+    fix = (
+        "fix the file (or delete it and run again to re-download it), or drop those rows with "
+        "--data.drop_nonfinite true"
+    )
+    bad = nonfinite_rows(table)
+    if bad.any():
+        fields = describe_fields(nonfinite_fields(table, FEATURES + LABELS))
+        if not drop_nonfinite:
+            check_features(table, FEATURES + LABELS, where, fix)
+        table = table[~bad]
+        (notice or log.warning)(
+            f"dropped {int(bad.sum())} of {len(bad)} jets of {where} with non-finite values "
+            f"in {fields} (data.drop_nonfinite)"
+        )
+    n_feat = len(FEATURES)
+    fix = "fix the file, or delete it and run again to re-download it"
+    check_one_hot(table[:, n_feat:], LABELS, where, fix)
+    if len(table) < MIN_JETS:
+        raise DataError(
+            f"{where} has {len(table)} usable jets, too few to split into train, validation "
+            f"and test (at least {MIN_JETS} needed): {fix}"
+        )
+    return table
+
+
+def preprocess(
+    path: Path,
+    val_fraction: float,
+    seed: int,
+    drop_nonfinite: bool = False,
+    notice: Callable[[str], None] | None = None,
+) -> dict[str, np.ndarray]:
     """Apply the reference recipe to a JSC file and split off validation data.
+
+    The table is checked first (:func:`check_table`) and the result last
+    (:func:`machlite.datasets.validate.check_splits`), so bad data never reaches the cache.
 
     Args:
         path: A verified JSC HDF5 file.
         val_fraction: Fraction of the training part held out for validation; 0 validates
             on the training data itself (machop's behaviour).
         seed: Seed of the validation split.
+        drop_nonfinite: Drop jets with a NaN or infinite value (and say how many).
+        notice: Called with the sentence saying how many jets were dropped.
 
     Returns:
         float32 features and int64 labels: x_train, y_train, x_val, y_val, x_test, y_test.
     """
-    table = read_jsc_table(path)
+    table = check_table(read_jsc_table(path), path, drop_nonfinite, notice)
     _, first = np.unique(table, axis=0, return_index=True)
     table = table[np.sort(first)]  # drop_duplicates(): keep first occurrences, in order
     n_feat = len(FEATURES)
@@ -69,9 +142,12 @@ def preprocess(path: Path, val_fraction: float, seed: int) -> dict[str, np.ndarr
         val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         x_val, y_val = x_train[val_idx], y_train[val_idx]
         x_train, y_train = x_train[train_idx], y_train[train_idx]
-    return dict(
+    arrays = dict(
         x_train=x_train, y_train=y_train, x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test
     )
+    splits = {split: (arrays[f"x_{split}"], arrays[f"y_{split}"]) for split in SPLITS}
+    check_splits(splits, len(LABELS), f"JSC file {path}", "fix the file")
+    return arrays
 
 
 class JSCDataModule(InMemoryDataModule):
@@ -89,10 +165,14 @@ class JSCDataModule(InMemoryDataModule):
             0 validates on the training data itself, as machop does (not recommended).
         seed: Seed of the validation split and of the per-epoch training order.
         synthetic_jets: Number of jets in the synthetic file (``source: synthetic`` only).
+        drop_nonfinite: Drop the jets that have a NaN or infinite value, with a warning
+            saying how many (default: stop with an error naming the file, fields and rows).
     """
 
     num_classes = 5
     input_shape = (len(FEATURES),)
+    #: :func:`preprocess` checks the arrays before they are cached: setup need not again.
+    checks_own_splits = True
     #: Jet classes in label order: gluon, light quark, W, Z, top (the ``j_*`` label fields).
     class_names = tuple(label.removeprefix("j_") for label in LABELS)
 
@@ -105,6 +185,7 @@ class JSCDataModule(InMemoryDataModule):
         val_fraction: Fraction = 0.1,
         seed: int = 0,
         synthetic_jets: AtLeast100 = 100_000,
+        drop_nonfinite: bool = False,
     ) -> None:
         super().__init__(data_dir, batch_size, eval_batch_size, seed)
         if source not in ("cernbox", "synthetic"):
@@ -116,6 +197,7 @@ class JSCDataModule(InMemoryDataModule):
         self.source = source
         self.val_fraction = val_fraction
         self.synthetic_jets = synthetic_jets
+        self.drop_nonfinite = bool(drop_nonfinite)
 
     @property
     def run_tag(self) -> str:
@@ -128,6 +210,11 @@ class JSCDataModule(InMemoryDataModule):
         if self.source == "synthetic":
             return self.data_dir / "jsc" / f"jsc_synthetic_{self.synthetic_jets}.h5"
         return self.data_dir / "jsc" / JSC_FILENAME
+
+    @property
+    def data_source(self) -> str:
+        """The JSC file, for messages."""
+        return f"JSC file {self.file_path}"
 
     @property
     def cache_path(self) -> Path:
@@ -143,6 +230,7 @@ class JSCDataModule(InMemoryDataModule):
                 "random_state": SPLIT_RANDOM_STATE,
                 "val_fraction": self.val_fraction,
                 "seed": self.seed,
+                **({"drop_nonfinite": True} if self.drop_nonfinite else {}),
             },
             sort_keys=True,
         )
@@ -165,7 +253,8 @@ class JSCDataModule(InMemoryDataModule):
             self._download(path)
         verify_jsc_file(path)
         if self._load_cache() is None:
-            arrays = preprocess(path, self.val_fraction, self.seed)
+            notice = functools.partial(warn, self.trainer)
+            arrays = preprocess(path, self.val_fraction, self.seed, self.drop_nonfinite, notice)
             try:
                 self._write_cache(arrays)
             except OSError as err:

@@ -15,6 +15,7 @@ from machlite.types import NonNegativeInt, PositiveInt
 from .augment import RandomShiftLoader
 from .base import InMemoryDataModule, Split
 from .loader import InMemoryLoader
+from .validate import check_labels
 
 #: The four files, as torchvision's MNIST declares them: (gz name, gz md5, unpacked size).
 MNIST_FILES: tuple[tuple[str, str, int], ...] = (
@@ -78,6 +79,11 @@ class MNISTDataModule(InMemoryDataModule):
     def raw_folder(self) -> Path:
         """Where the four files go: ``data_dir/MNIST/raw``, as in torchvision."""
         return self.data_dir / "MNIST" / "raw"
+
+    @property
+    def data_source(self) -> str:
+        """The MNIST folder, for messages."""
+        return f"MNIST files in {self.raw_folder}"
 
     def _offline_hint(self) -> str:
         names = ", ".join(name for name, _, _ in MNIST_FILES)
@@ -163,6 +169,13 @@ class MNISTDataModule(InMemoryDataModule):
             test = MNIST(str(self.data_dir), train=False, download=False)
         except RuntimeError as err:
             raise DataError(f"cannot read MNIST from {self.raw_folder}: {err}") from err
+        for name, labels in (("train", train.targets), ("t10k", test.targets)):
+            check_labels(
+                labels,
+                self.num_classes,
+                f"MNIST file {self.raw_folder / f'{name}-labels-idx1-ubyte'}",
+                "delete it (and its .gz) and run again to re-download it",
+            )
         x, y = self.normalise(train.data), train.targets.long()
         train_idx, val_idx = self.split_indices(len(x))
         return {

@@ -11,6 +11,7 @@ exiting; the ``machlite`` command (:mod:`machlite.commands`) prints them.
 
 import contextlib
 import io
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 from jsonargparse import ActionConfigFile
 from jsonargparse.typing import NonNegativeInt
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -35,6 +36,7 @@ from machlite.callbacks import (
     RunReport,
 )
 from machlite.callbacks.progress import count_steps
+from machlite.callbacks.summary import summarize_network
 from machlite.checkpoint import (
     AtomicCheckpointIO,
     MachliteCheckpoint,
@@ -43,6 +45,7 @@ from machlite.checkpoint import (
     load_checkpoint_file,
     plan_resume,
 )
+from machlite.config_files import check_config_syntax, name_config_file
 from machlite.datasets import InMemoryDataModule
 from machlite.errors import BadArguments, ConfigError, first_line
 from machlite.explain import OneLineArgumentParser, explain
@@ -158,6 +161,12 @@ class MachliteCLI(LightningCLI):
         """Pick the accelerator (IPU, GPU or CPU), say which and why, and adapt for IPUs."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.trainer
+        if getattr(config.model, "steps_per_call", 1) > 1:
+            # Lightning compares its calls (K steps each) with log_every_n_steps, which machlite
+            # applies to optimizer steps: the warning would be wrong
+            warnings.filterwarnings(
+                "ignore", message=r"The number of training batches \(\d+\) is smaller than the logg"
+            )
         if isinstance(trainer.devices, str) and trainer.devices.isdigit():
             trainer.devices = int(trainer.devices)  # lightning 2.0.9 gets '1' from the CLI
         self._strategy = None
@@ -332,7 +341,14 @@ class MachliteCLI(LightningCLI):
             if isinstance(callback, HParamsLogger) and not callback.hparams:
                 callback.hparams = self.hparams()
             trainer.callbacks.append(callback)
+        # checkpoint callbacks run last, as Lightning orders them: what the other callbacks
+        # do at an epoch end (val/acc_best, divergence checks) is in that epoch's checkpoint
+        callbacks = trainer.callbacks
+        callbacks[:] = [c for c in callbacks if not isinstance(c, Checkpoint)] + [
+            c for c in callbacks if isinstance(c, Checkpoint)
+        ]
         count_steps(trainer)  # the progress bar counts optimizer steps, not calls of K
+        summarize_network(trainer)  # the network's layers, exact parameters and FLOPs
         checkpoint_io = self._get(self.config_init, "checkpoint_io")
         if checkpoint_io is not None and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = checkpoint_io  # crash-safe writes
@@ -364,6 +380,16 @@ class MachliteCLI(LightningCLI):
             raise
 
 
+class _NoAdvertising(logging.Filter):
+    """Drop Lightning's "💡 Tip: ... try installing litlogger/litmodels" lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip:")
+
+
+_NO_ADVERTISING = _NoAdvertising()
+
+
 def run_lightning(args: list[str]) -> MachliteCLI:
     """Run a Lightning subcommand (``fit``, ``validate``, ``test``, ``predict``) in-process.
 
@@ -379,9 +405,15 @@ def run_lightning(args: list[str]) -> MachliteCLI:
         MachliteError: A user-fixable problem while running (data, checkpoint, disk).
     """
     warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
+    # lightning 2.6 with torch >= 2.10 warns about its own use of a deprecated torch API
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NO_ADVERTISING)  # the same filter object: added once
     # From the command line LightningCLI reads sys.argv itself; given in-process (tests, the
     # sweep's jobs) the arguments are meant to differ from sys.argv, which it warns about.
-    args = None if list(args) == sys.argv[1:] else list(args)
+    given = list(args)
+    check_config_syntax(given)  # a broken YAML file is named, with its line and column
+    args = None if given == sys.argv[1:] else given
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
     try:
         return MachliteCLI(
@@ -394,6 +426,8 @@ def run_lightning(args: list[str]) -> MachliteCLI:
         )
     except MisconfigurationException as err:
         raise ConfigError(first_line(err)) from err
+    except BadArguments as err:
+        raise name_config_file(err, given) from None  # the config file with the bad key
 
 
 def check_args(args: list[str]) -> None:

@@ -1,5 +1,7 @@
 import csv
 import io
+import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from machlite.cli import CALLBACKS, run_lightning
 from machlite.events import load_events
+from machlite.models import NETWORKS, count_parameters
 
 from .conftest import CONFIGS, run, synthetic
 
@@ -28,15 +31,44 @@ def test_every_config_is_covered() -> None:
     } <= set(JSC_CONFIGS + MNIST_CONFIGS)
 
 
+#: Warnings a normal run may show, each because it tells the user something true.
+ALLOWED_WARNINGS = (
+    # fast_dev_run turns logging and checkpointing off; Lightning says so
+    r"You are using `fast_dev_run`",
+)
+
+
 @pytest.mark.parametrize("config", JSC_CONFIGS + MNIST_CONFIGS)
-def test_config_runs(config: str, request: pytest.FixtureRequest) -> None:
-    """fast_dev_run of every config on CPU: synthetic JSC, or the real MNIST copy."""
+def test_config_runs_quietly(
+    config: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fast_dev_run of every config on CPU (synthetic JSC, or the real MNIST copy): no
+    unexpected warning, no advertising, and the network's exact-parameter summary."""
     if config.startswith("jsc_"):
         data = synthetic(request.getfixturevalue("jsc_data_dir"))
     else:
         data = ["--data.data_dir", str(request.getfixturevalue("mnist_dir"))]
     fast = ["--trainer.fast_dev_run", "2", "--trainer.accelerator", "cpu"]
-    assert run(["fit", "--config", str(CONFIGS / config), *fast, *data]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # as Python shows them to a user: deprecations in libraries stay hidden
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+        assert run(["fit", "--config", str(CONFIGS / config), *fast, *data]) == 0
+    unexpected = [
+        f"{w.category.__name__}: {w.message}"
+        for w in caught
+        if not any(re.search(pattern, str(w.message)) for pattern in ALLOWED_WARNINGS)
+    ]
+    assert not unexpected, unexpected
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert "Tip:" not in out and "litlogger" not in out
+    network = yaml.safe_load(CONFIGS.joinpath(config).read_text())["model"]["network"]
+    name = network["class_path"].rsplit(".", 1)[1]
+    params = count_parameters(NETWORKS[name](**(network.get("init_args") or {})))
+    assert f"total: {params:,} parameters" in out
+    assert "MulticlassAccuracy" not in out  # metric objects are not layers
 
 
 def test_bad_key_and_bad_value_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,13 +196,22 @@ def test_two_epoch_fit_writes_curves_tensorboard_can_read(jsc_data_dir: Path) ->
     assert train_points == list(range(2 * steps_per_epoch))  # log_every_n_steps=1
     assert len(acc.Scalars("val/loss")) == len(acc.Scalars("val/acc")) == 2
     assert len(acc.Scalars("train/loss_epoch")) == 2
-    # the HPARAMS tab: hyperparameters with the final metrics
+    # val/acc_best: a real curve, the running best of val/acc at each validation
+    best = acc.Scalars("val/acc_best")
+    assert [e.step for e in best] == [e.step for e in acc.Scalars("val/acc")]
+    running = [max(e.value for e in acc.Scalars("val/acc")[: i + 1]) for i in range(2)]
+    assert [e.value for e in best] == pytest.approx(running)
+    # the HPARAMS tab: the settings, with the real curves as its metrics; no hp/* points
     content = acc.PluginTagToContent("hparams")
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     hparams = session.session_start_info.hparams
     assert hparams["data.batch_size"].number_value == 256
     assert hparams["optimizer.lr"].number_value == pytest.approx(1e-3)
-    assert "hp/best_val_acc" in tags and "hp/val_acc" in tags
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    metrics = {m.name.tag for m in experiment.experiment.metric_infos}
+    assert metrics == {"val/acc", "val/acc_best", "val/loss", "train/loss_epoch", "test/acc"}
+    assert metrics - {"test/acc"} <= tags
+    assert not [tag for tag in tags if tag.startswith("hp/")]
 
 
 def _tag_as_cuda(src: Path, dst: Path) -> None:

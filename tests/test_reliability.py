@@ -439,7 +439,8 @@ def _diverge(jsc_data_dir: Path, log_every: int, capsys: pytest.CaptureFixture[s
     err = one_error_line(capsys)
     found = re.search(
         r"training diverged: the loss became (nan|inf) at step (\d+) \(epoch (\d+), learning "
-        r"rate ([-+.e\d]+)\); lower the learning rate \(--optimizer.lr\) or clip gradients",
+        r"rate ([-+.e\d]+)\); the inputs were finite: lower the learning rate \(--optimizer.lr\) "
+        r"or clip gradients",
         err,
     )
     assert found, err
@@ -554,7 +555,7 @@ def test_bad_flags_are_one_line(
         (("batch_size: 256", "batch_size: -1"), "data.batch_size: Not of type PositiveInt: -1"),
         (("JSCTiny", "JSCTinny"), "model.network: unknown class 'machlite.models.JSCTinny'"),
         (("model:", "modle:"), "does not accept option 'modle"),
-        (("trainer:", "trainer: [oops"), "Problems parsing config"),
+        (("trainer:", "trainer: [oops"), "bad.yaml, line 10, column 13: expected ',' or ']'"),
     ],
 )
 def test_bad_config_files_are_one_line(

@@ -358,6 +358,9 @@ def test_two_by_two_seed_sweep_finishes_skips_and_redoes_unfinished(
     assert "4 runs in" in out and "0 already finished (skipped), 4 to run" in out
     for i in range(1, 5):
         assert f"machlite sweep: run {i}/4 " in out
+    # the final table, as summary.md has it: one row per setting, SYNTHETIC said
+    assert "**SYNTHETIC DATA.**" in out
+    assert "| `batch_size=64` | 2 |" in out and "| `batch_size=128` | 2 |" in out
     sweep_dir = Path("sweeps/bs_synthetic")
     names = [f"batch_size={b}/seed_{s}" for s, b in itertools.product((0, 1), (64, 128))]
     assert [r.name for r in find_runs(sweep_dir)] == sorted(names)
@@ -367,7 +370,7 @@ def test_two_by_two_seed_sweep_finishes_skips_and_redoes_unfinished(
         assert 0.0 < done["metrics"]["test_acc"] <= 1.0
         assert done["signature"]["seed_everything"] == int(name[-1])
         batch_size = int(name.split("/")[0].removeprefix("batch_size="))
-        assert done["signature"]["overrides"]["data"]["batch_size"] == batch_size
+        assert done["signature"]["overrides"]["data"]["batch_size"] == str(batch_size)
         overrides = yaml.safe_load((sweep_dir / name / "overrides.yaml").read_text())
         assert overrides == done["signature"]["overrides"]
         config = yaml.safe_load((sweep_dir / name / "config.yaml").read_text())

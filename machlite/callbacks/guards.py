@@ -7,7 +7,9 @@ step, each step's loss is only queued (a detached tensor); the queue is checked 
 ``check_every_n_steps`` optimizer steps (default: ``trainer.log_every_n_steps``), before each
 validation and before each checkpoint. So training stops at most that many steps after the
 first bad step, never after a checkpoint of bad weights, and the message names the exact
-first bad step.
+first bad step, and whether that step's batch had finite inputs (so the fix is the learning
+rate) or not (so the fix is the data). A loss that stays finite but explodes (its epoch mean
+more than ``explode_factor`` times the first step's loss) is a warning at that epoch's end.
 
 :class:`CollapseWarning` prints a warning when ``val/acc`` stays at chance level (the
 accuracy of always guessing the most common class) for several epochs, or falls to less
@@ -17,7 +19,6 @@ than half of its best.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,11 +26,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
 from machlite.errors import MachliteError
 from machlite.loggers import current_lr
+from machlite.notices import warn
 
 StepHook = Callable[[int, Tensor], None]
 
@@ -49,25 +50,39 @@ class DivergenceGuard(Callback):
     ``steps_per_call`` > 1) through the module's ``step_hooks``; with other modules it reads
     the loss returned by ``training_step`` (automatic optimization).
 
+    The batch of each queued step is kept by reference (no copy, no device work) until the
+    next check, so the message can say whether the first bad step's inputs were finite.
+
     Args:
         check_every_n_steps: Check the queued losses every this many optimizer steps (one
             host sync each); None: ``trainer.log_every_n_steps``. Checks also run before
             validation and before every checkpoint.
+        explode_factor: Warn (once per fit, at the epoch's end) when an epoch's mean training
+            loss exceeds this many times the fit's first step loss while staying finite.
     """
 
-    def __init__(self, check_every_n_steps: int | None = None) -> None:
+    def __init__(self, check_every_n_steps: int | None = None, explode_factor: float = 1e6) -> None:
         if check_every_n_steps is not None and check_every_n_steps < 1:
             raise ValueError(f"check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        if not explode_factor > 1:
+            raise ValueError(f"explode_factor must be > 1, got {explode_factor}")
         self.check_every_n_steps = check_every_n_steps
+        self.explode_factor = float(explode_factor)
         self.error: DivergenceError | None = None
-        self._queue: list[tuple[int, int, float | None, Tensor]] = []
+        # (step, epoch, lr, loss, the step's inputs or None, the batch's number in its epoch)
+        self._queue: list[tuple[int, int, float | None, Tensor, Tensor | None, int]] = []
         self._trainer: pl.Trainer | None = None
         self._hooked: list[StepHook] | None = None
+        self._call: tuple[int, int, list[Tensor | None]] | None = None
+        self._first: tuple[int, float] | None = None
+        self._epoch_losses: dict[int, list[float]] = {}
+        self.exploded = False
 
     # -- wiring ------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Register with the module's per-step hooks when it has them."""
         self._trainer, self._queue, self.error = trainer, [], None
+        self._call, self._first, self._epoch_losses, self.exploded = None, None, {}, False
         hooks = getattr(pl_module, "step_hooks", None)
         if isinstance(hooks, list):
             hooks.append(self.observe)
@@ -99,12 +114,28 @@ class DivergenceGuard(Callback):
         return max(1, int(getattr(trainer, "log_every_n_steps", 0) or 1))
 
     # -- observing ---------------------------------------------------------------------------
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Note the call's batches (by reference), for the steps :meth:`observe` queues."""
+        inputs = _inputs(batch)
+        per_call = int(getattr(pl_module, "steps_per_call", 1) or 1) if len(inputs) > 1 else 1
+        self._call = (trainer.global_step, batch_idx * per_call, inputs)
+
+    def _step_inputs(self, step: int) -> tuple[Tensor | None, int]:
+        if self._call is None:
+            return None, -1
+        start, first_batch, inputs = self._call
+        i = step - start
+        return (inputs[i], first_batch + i) if 0 <= i < len(inputs) else (None, -1)
+
     def observe(self, step: int, loss: Tensor) -> None:
         """Queue one optimizer step's loss; check the queue every ``check_every_n_steps``."""
         trainer = self._trainer
         epoch = trainer.current_epoch if trainer is not None else 0
         lr = current_lr(trainer) if trainer is not None else None
-        self._queue.append((step, epoch, lr, loss.detach()))
+        x, batch_no = self._step_inputs(step)
+        self._queue.append((step, epoch, lr, loss.detach(), x, batch_no))
         if len(self._queue) >= self._every:
             self.check()
 
@@ -131,15 +162,38 @@ class DivergenceGuard(Callback):
         queue, self._queue = self._queue, []
         if not queue:
             return
-        losses = torch.stack([q[3].float().reshape(()) for q in queue])
-        finite = torch.isfinite(losses)
-        if bool(finite.all()):
-            return
-        first = int((~finite).nonzero()[0, 0])
-        step, epoch, lr, _ = queue[first]
-        self._fail(f"the loss became {float(losses[first])} at step {step}", epoch, lr)
+        values = torch.stack([q[3].float().reshape(()) for q in queue]).cpu().tolist()  # 1 sync
+        for (step, epoch, lr, _, x, batch_no), value in zip(queue, values, strict=True):
+            if not math.isfinite(value):
+                self._fail(f"the loss became {value} at step {step}", epoch, lr, x, batch_no, step)
+            if self._first is None:
+                self._first = (step, value)
+            self._epoch_losses.setdefault(epoch, []).append(value)
 
-    def _fail(self, what: str, epoch: int, lr: float | None) -> None:
+    def _inputs_clause(self, x: Tensor | None, batch_no: int, epoch: int, step: int) -> str:
+        """Whether the step's inputs were finite, and so what to do first."""
+        fix = (
+            "lower the learning rate (--optimizer.lr) or clip gradients "
+            "(--trainer.gradient_clip_val 1.0 with --model.steps_per_call 1)"
+        )
+        if x is None:
+            return fix
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            return (
+                f"batch {batch_no} of epoch {epoch} (step {step}) has non-finite inputs: check "
+                "the data (the datamodule's splits, its transforms or augmentation)"
+            )
+        return f"the inputs were finite: {fix}"
+
+    def _fail(
+        self,
+        what: str,
+        epoch: int,
+        lr: float | None,
+        x: Tensor | None = None,
+        batch_no: int = -1,
+        step: int = -1,
+    ) -> None:
         trainer = self._trainer
         kept = ""
         if trainer is not None:
@@ -151,10 +205,9 @@ class DivergenceGuard(Callback):
                 kept = "; no checkpoint was saved before it"
             if trainer.loggers and trainer.log_dir:
                 kept += f" and the curves are in {trainer.log_dir}"
+        clause = self._inputs_clause(x, batch_no, epoch, step)
         self.error = DivergenceError(
-            f"training diverged: {what} (epoch {epoch}, learning rate {_fmt(lr)}); lower the "
-            "learning rate (--optimizer.lr) or clip gradients (--trainer.gradient_clip_val 1.0 "
-            f"with --model.steps_per_call 1){kept}"
+            f"training diverged: {what} (epoch {epoch}, learning rate {_fmt(lr)}); {clause}{kept}"
         )
         raise self.error
 
@@ -178,8 +231,25 @@ class DivergenceGuard(Callback):
             self.check()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Check at every epoch end (before the epoch-end checkpoint)."""
+        """Check at every epoch end (before the epoch-end checkpoint); warn of an explosion."""
         self.check()
+        self._call = None
+        losses = self._epoch_losses.pop(trainer.current_epoch, [])
+        if self.exploded or not losses or self._first is None:
+            return
+        mean = sum(losses) / len(losses)
+        first_step, first = self._first
+        if mean <= self.explode_factor * abs(first):
+            return
+        self.exploded = True
+        warn(
+            trainer,
+            f"the training loss exploded at epoch {trainer.current_epoch}: its mean "
+            f"{mean:.3g} is more than {self.explode_factor:.0e}x the first step's loss "
+            f"{first:.3g} (step {first_step}), though still finite: training is likely "
+            f"diverging at learning rate {_fmt(current_lr(trainer))}; lower the learning rate "
+            "(--optimizer.lr)",
+        )
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -274,12 +344,17 @@ class CollapseWarning(Callback):
             first = trainer.current_epoch - self.patience + 1
             what += f" (epochs {first}-{trainer.current_epoch})"
         self.warned = True
-        self._warn(
+        warn(
+            trainer,
             f"{what}: the network has stopped learning; lower the learning rate "
-            "(--optimizer.lr), or look at train/loss for a blow-up"
+            "(--optimizer.lr), or look at train/loss for a blow-up",
         )
 
-    @staticmethod
-    @rank_zero_only
-    def _warn(message: str) -> None:
-        print(f"machlite: warning: {message}", file=sys.stderr, flush=True)
+
+def _inputs(batch: Any) -> list[Tensor | None]:
+    """The inputs of each batch of a Lightning call: one ``(x, y)``, or K of them (a group)."""
+    if isinstance(batch, list | tuple) and batch and isinstance(batch[0], list | tuple):
+        return [b[0] if b and isinstance(b[0], Tensor) else None for b in batch]
+    if isinstance(batch, list | tuple) and batch and isinstance(batch[0], Tensor):
+        return [batch[0]]
+    return [batch] if isinstance(batch, Tensor) else [None]

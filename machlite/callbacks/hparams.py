@@ -1,4 +1,13 @@
-"""TensorBoard's HPARAMS tab: each run's settings next to its final and best metrics."""
+"""TensorBoard's HPARAMS tab: each run's settings next to its real curves' final values.
+
+The HPARAMS entry names the run's own metric tags (:data:`METRICS`: ``val/acc``,
+``val/acc_best``, ``val/loss``, ``train/loss_epoch``, ``test/acc``); TensorBoard shows the
+last value of each tag in the table. No extra scalars are written for it, so the TIME
+SERIES page opens on the curves a user came for, not on single-point ``hp/*`` cards.
+``val/acc_best``, the best ``val/acc`` so far, is a real curve: one point per validation.
+"""
+
+from __future__ import annotations
 
 from typing import Any
 
@@ -6,8 +15,14 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from machlite.loggers import tensorboard_logger
+from machlite.loggers import ResumableTensorBoardLogger, tensorboard_logger
+
+#: The metric tags the HPARAMS tab shows for each run (the curves' last values).
+METRICS = ("val/acc", "val/acc_best", "val/loss", "train/loss_epoch", "test/acc")
+#: The best-so-far curve of ``val/acc``.
+BEST = "val/acc_best"
 
 
 def _float(value: Any) -> float | None:
@@ -17,43 +32,55 @@ def _float(value: Any) -> float | None:
 
 
 class HParamsLogger(Callback):
-    """Write the run's hyperparameters with its final metrics to TensorBoard's HPARAMS tab.
-
-    The metrics are stored under ``hp/`` names (``hp/val_acc``, ``hp/best_val_acc``,
-    ``hp/test_acc``, ...) so that the step curves of ``val/acc`` etc. stay untouched.
+    """Write the run's settings to TensorBoard's HPARAMS tab, and the ``val/acc_best`` curve.
 
     Args:
-        hparams: Flat mapping of hyperparameter name to a number, string or bool.
+        hparams: Flat mapping of setting name to a number, string or bool (the CLI fills it
+            with the run's config).
     """
 
     def __init__(self, hparams: dict[str, Any] | None = None) -> None:
         self.hparams = dict(hparams or {})
+        self.best: float | None = None
 
-    def _write(self, trainer: pl.Trainer, metrics: dict[str, float | None]) -> None:
+    @rank_zero_only
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Write the HPARAMS entry once per run folder (a resumed run has it already)."""
         logger = tensorboard_logger(trainer)
-        kept = {k: v for k, v in metrics.items() if v is not None}
-        if logger is not None and kept and not trainer.sanity_checking:
-            logger.log_hyperparams(self.hparams, kept)
+        resumed = isinstance(logger, ResumableTensorBoardLogger) and logger.resume_step is not None
+        if logger is not None and not resumed:
+            self.write_session(logger)
 
     @rank_zero_only
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        m = trainer.callback_metrics
-        best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
-        self._write(
-            trainer,
-            {
-                "hp/val_acc": _float(m.get("val/acc")),
-                "hp/val_loss": _float(m.get("val/loss")),
-                "hp/train_loss": _float(m.get("train/loss_epoch")),
-                "hp/best_val_acc": _float(best),
-                "hp/epochs": float(trainer.current_epoch),
-            },
-        )
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A test run's folder gets its own HPARAMS entry (with ``test/acc``)."""
+        logger = tensorboard_logger(trainer)
+        if logger is not None:
+            self.write_session(logger)
 
-    @rank_zero_only
-    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        m = trainer.callback_metrics
-        self._write(
-            trainer,
-            {"hp/test_acc": _float(m.get("test/acc")), "hp/test_loss": _float(m.get("test/loss"))},
-        )
+    def write_session(self, logger: Any) -> None:
+        """Write the hparams summaries naming :data:`METRICS`, without any scalar."""
+        writer = logger.experiment.file_writer
+        for summary in hparams_summaries(self.hparams, dict.fromkeys(METRICS, 0.0)):
+            writer.add_summary(summary)
+        writer.flush()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the best ``val/acc`` so far at this optimizer step (while fitting)."""
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        value = _float(trainer.callback_metrics.get("val/acc"))
+        if value is None:
+            return
+        self.best = value if self.best is None else max(self.best, value)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({BEST: self.best}, step=trainer.global_step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best ``val/acc`` so far, so a resumed run's curve continues."""
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the best ``val/acc`` so far."""
+        self.best = state_dict.get("best")

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from machlite.atomic import atomic_write
+from machlite.notices import say
 
 
 def _gather_shards(trainer: pl.Trainer, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -65,4 +66,4 @@ class PredictionWriter(BasePredictionWriter):
         for i, (c, p) in enumerate(zip(classes.tolist(), probs.tolist(), strict=True)):
             writer.writerow([i, c, *[f"{v:.6g}" for v in p]])
         atomic_write(self.path, text.getvalue(), what=f"predictions {self.path}")
-        print(f"machlite: {len(classes)} predictions written to {self.path}", flush=True)
+        say(trainer, f"{len(classes)} predictions written to {self.path}")

@@ -1,4 +1,7 @@
-"""What a run prints about itself: where it writes, and where its results are."""
+"""What a run prints about itself: where it writes, and where its results are.
+
+The lines go through :func:`machlite.notices.say`: above the progress bar, on their own line.
+"""
 
 from pathlib import Path
 
@@ -7,6 +10,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from machlite.loggers import tensorboard_logger
+from machlite.notices import say
 
 
 class RunReport(Callback):
@@ -20,7 +24,7 @@ class RunReport(Callback):
             return
         accel = type(trainer.accelerator).__name__.replace("Accelerator", "").lower()
         nodes = f" on each of {trainer.num_nodes} nodes" if trainer.num_nodes > 1 else ""
-        print(f"machlite: run {where} on {accel} x{trainer.num_devices}{nodes}", flush=True)
+        say(trainer, f"run {where} on {accel} x{trainer.num_devices}{nodes}")
 
     @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -28,9 +32,9 @@ class RunReport(Callback):
         logger = tensorboard_logger(trainer)
         if logger is None:
             return
-        print(f"machlite: run finished; results in {logger.log_dir}", flush=True)
+        say(trainer, f"run finished; results in {logger.log_dir}")
         ckpt = trainer.checkpoint_callback
         if isinstance(ckpt, ModelCheckpoint) and ckpt.best_model_path:
-            print(f"machlite: best checkpoint {ckpt.best_model_path}", flush=True)
+            say(trainer, f"best checkpoint {ckpt.best_model_path}")
         root = Path(logger.save_dir) / logger.name
-        print(f"machlite: view the curves with: tensorboard --logdir {root} --host 127.0.0.1")
+        say(trainer, f"view the curves with: tensorboard --logdir {root} --host 127.0.0.1")

@@ -20,17 +20,22 @@ from pathlib import Path
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
-    "--disable-gpu",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
     "--disable-quic",
     "--no-first-run",
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
-    "--window-size=1400,1000",
+    "--window-size=1600,1000",
     "--virtual-time-budget=15000",
 ]
-PAGES = {"timeseries": "tensorboard_timeseries.png", "hparams": "tensorboard_hparams.png"}
+PAGES = {
+    "timeseries": "tensorboard_timeseries.png",
+    "scalars": "tensorboard_scalars.png",
+    "hparams": "tensorboard_hparams.png",
+}
 
 
 def free_port() -> int:

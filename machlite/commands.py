@@ -58,6 +58,10 @@ COMMANDS: dict[str, Command] = {
         "run a grid of settings x seeds, then summarise and plot", "machlite.sweep:main"
     ),
     "plot": Command("plot the learning curves of the runs under a folder", "machlite.plot:main"),
+    "quantize": Command(
+        "post-training quantization: accuracy, bits and BOPs", "machlite.quantize:main"
+    ),
+    "export": Command("export a checkpoint to ONNX, QONNX or hls4ml", "machlite.export:main"),
 }
 
 

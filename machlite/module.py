@@ -16,9 +16,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from machlite.checkpoint import load_checkpoint_file
 from machlite.engine import MultiStepEngine, sync_buffers, write_scalars
 from machlite.errors import ConfigError
 from machlite.ipu import on_ipu, record_host_call
+from machlite.quant import QuantConfig, from_dict, quantize_network
 from machlite.types import PositiveInt
 
 Batch = tuple[Tensor, Tensor]
@@ -60,6 +62,15 @@ class Classifier(pl.LightningModule):
             Lightning's per-step hook dispatch (docs/performance.md). Use 1 for Trainer
             features that need automatic optimization (``accumulate_grad_batches``,
             ``gradient_clip_val``).
+        quantization: Fixed-point formats for the network's layers (the QAT hook,
+            docs/quantization.md). The network is replaced by
+            :func:`machlite.quant.quantize_network`'s copy in ``__init__``, so training is
+            quantization-aware and a checkpoint reloads quantized (its hyperparameters hold
+            this block as plain data). None (the default): float.
+        init_from: A float (or quantized) checkpoint whose network weights are loaded at the
+            start of ``fit``, before the first step: QAT from a trained float network. Not
+            loaded when the fit resumes from a checkpoint (``--ckpt_path``). None: the
+            network's own initialisation.
     """
 
     def __init__(
@@ -68,6 +79,8 @@ class Classifier(pl.LightningModule):
         num_classes: int = 5,
         input_shape: tuple[int, ...] | None = None,
         steps_per_call: PositiveInt = 1,
+        quantization: QuantConfig | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if network is None:
@@ -78,7 +91,14 @@ class Classifier(pl.LightningModule):
             raise ConfigError(f"model.num_classes must be >= 2, got {num_classes}")
         if steps_per_call < 1:
             raise ConfigError(f"model.steps_per_call must be >= 1, got {steps_per_call}")
-        self.save_hyperparameters(ignore=["network"], logger=False)
+        self.save_hyperparameters(ignore=["network", "quantization"], logger=False)
+        #: The quantization config (None: float); the network below is already quantized.
+        self.quantization = None if quantization is None else from_dict(quantization)
+        if self.quantization is not None:
+            self.hparams["quantization"] = self.quantization.to_dict()  # plain data
+            network = quantize_network(network, self.quantization)
+        self.init_from = init_from
+        self._restored = False
         self.network = network
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape) if input_shape is not None else None
@@ -149,6 +169,15 @@ class Classifier(pl.LightningModule):
         """Note whether the steps run on IPUs (traced by poptorch) or eagerly."""
         self._on_ipu = on_ipu(self.trainer)
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Note that the weights come from a checkpoint (``init_from`` is then not loaded)."""
+        self._restored = True
+
+    def on_fit_start(self) -> None:
+        """Load ``init_from``'s network weights, unless the fit resumes from a checkpoint."""
+        if self.init_from and not self._restored and self.trainer.ckpt_path is None:
+            self.load_network_weights(self.init_from)
+
     def on_train_start(self) -> None:
         """Let the engine choose this fit's multi-step path (fast or with every hook)."""
         self.engine.start(self)
@@ -213,6 +242,23 @@ class Classifier(pl.LightningModule):
                 f"network {name} gives {tuple(out.shape[1:])} outputs per sample but the data "
                 f"has {self.num_classes} classes: pick a network for this data"
             )
+
+    def load_network_weights(self, path: str) -> None:
+        """Load the network weights of checkpoint ``path`` (float or quantized: same keys).
+
+        Raises:
+            DataError: The file is missing or unreadable.
+            ConfigError: Its weights do not fit this network.
+        """
+        state = load_checkpoint_file(path, "cpu", weights_only=True).get("state_dict", {})
+        weights = {k[len("network.") :]: v for k, v in state.items() if k.startswith("network.")}
+        try:
+            self.network.load_state_dict(weights)
+        except RuntimeError as err:
+            raise ConfigError(
+                f"model.init_from {path}: its weights do not fit {type(self.network).__name__} "
+                f"({str(err).splitlines()[0]}): give a checkpoint of the same network"
+            ) from err
 
     def class_names(self) -> list[str]:
         """Names of the classes: the datamodule's ``class_names`` if it has them, else 0..C-1."""

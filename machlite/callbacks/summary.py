@@ -14,6 +14,7 @@ The CLI turns Lightning's own ``ModelSummary`` callback into this one in place
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,7 +22,11 @@ import torch
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+
+try:  # torch >= 2.1
+    from torch.utils.flop_counter import FlopCounterMode
+except ImportError:  # torch 2.0 (the IPU stack): FLOPs are not counted there
+    FlopCounterMode = None
 
 
 def layer_table(network: nn.Module, input_shape: tuple[int, ...]) -> list[dict[str, Any]]:
@@ -42,22 +47,24 @@ def layer_table(network: nn.Module, input_shape: tuple[int, ...]) -> list[dict[s
     was_training = network.training
     device = next((p.device for p in network.parameters()), torch.device("cpu"))
     network.eval()
+    counter = FlopCounterMode(display=False) if FlopCounterMode is not None else None
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), counter or contextlib.nullcontext():
             network(torch.zeros(1, *input_shape, device=device))
     finally:
         network.train(was_training)
         for hook in hooks:
             hook.remove()
     prefix = type(network).__name__
-    flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    counts = counter.get_flop_counts() if counter is not None else {}
+    flops = {k: sum(v.values()) for k, v in counts.items()}
     return [
         {
             "name": name,
             "type": type(module).__name__,
             "params": sum(p.numel() for p in module.parameters()),
             "output": outputs.get(name),
-            "flops": int(flops.get(f"{prefix}.{name}", 0)),
+            "flops": int(flops.get(f"{prefix}.{name}", 0)) if counter is not None else None,
         }
         for name, module in leaves
     ]
@@ -68,7 +75,8 @@ def format_summary(network: nn.Module, input_shape: tuple[int, ...]) -> str:
     rows = layer_table(network, input_shape)
     params = sum(p.numel() for p in network.parameters())
     trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
-    flops = sum(r["flops"] for r in rows)
+    counted = all(r["flops"] is not None for r in rows)
+    flops = f"{sum(r['flops'] for r in rows):,}" if counted else "n/a (torch < 2.1)"
     width = max([len("layer"), *(len(r["name"]) for r in rows)])
     kind = max([len("type"), *(len(r["type"]) for r in rows)])
     head = f"  {'layer':<{width}}  {'type':<{kind}}  {'params':>9}  {'output':<14}  {'FLOPs':>11}"
@@ -77,10 +85,10 @@ def format_summary(network: nn.Module, input_shape: tuple[int, ...]) -> str:
         shape = "x".join(map(str, r["output"])) if r["output"] is not None else "-"
         lines.append(
             f"  {r['name']:<{width}}  {r['type']:<{kind}}  {r['params']:>9,}  {shape:<14}  "
-            f"{r['flops']:>11,}"
+            f"{'-' if r['flops'] is None else format(r['flops'], ','):>11}"
         )
     lines.append(
-        f"  total: {params:,} parameters ({trainable:,} trainable), {flops:,} FLOPs per sample"
+        f"  total: {params:,} parameters ({trainable:,} trainable), {flops} FLOPs per sample"
     )
     return "\n".join(lines)
 

@@ -1,0 +1,184 @@
+"""``machlite export``: a checkpoint as ONNX, QONNX or an hls4ml project, checked against machlite.
+
+    machlite export --ckpt_path CK --format onnx --out export/
+    machlite export --ckpt_path CK --format qonnx --quant configs/quant/int8_4.yaml --out export/
+    machlite export --ckpt_path CK --format hls4ml --out export/hls
+
+Each export is run on the test split and compared with machlite's own output: ONNX (the
+float network) with onnxruntime against PyTorch; QONNX and hls4ml (the quantized network:
+the checkpoint's own formats after QAT, or ``--quant``) against machlite's fake-quantized
+network. The comparison (max abs diff, class agreement) is printed and written as
+``export_FORMAT.json`` into ``--out``. Needs the ``hw`` extra (hls4ml, onnx, onnxruntime, qonnx).
+docs/export.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from machlite.atomic import atomic_write_json
+from machlite.errors import ConfigError, PlainArgumentParser
+from machlite.export.extra import require
+from machlite.quant import QuantConfig, load_quant_config, quantize_network
+
+FORMATS = ("onnx", "qonnx", "hls4ml")
+
+
+def parser() -> PlainArgumentParser:
+    """The ``machlite export`` command line; unknown ``--KEY VALUE`` go to the config."""
+    p = PlainArgumentParser(
+        prog="machlite export",
+        description="Export a checkpoint as ONNX (float), QONNX or an hls4ml project (quantized) "
+        "and check it against machlite on the test split. Other --KEY VALUE flags (e.g. "
+        "--data.source synthetic) override the config.",
+    )
+    p.add_argument("--ckpt_path", required=True, help="The checkpoint")
+    p.add_argument("--format", required=True, choices=FORMATS, help="What to write")
+    p.add_argument("--out", required=True, help="The output folder")
+    p.add_argument(
+        "--config", default=None, help="The run's config (default: config.yaml of its run folder)"
+    )
+    p.add_argument(
+        "--quant",
+        default=None,
+        help="Quantization YAML for a float checkpoint (qonnx, hls4ml; default: the "
+        "checkpoint's own formats)",
+    )
+    p.add_argument(
+        "--samples", type=int, default=0, help="Compare on the first N test samples (0: all)"
+    )
+    return p
+
+
+def split_inputs(datamodule: Any, samples: int = 0) -> np.ndarray:
+    """The test split's inputs (the first ``samples``; 0: all) as a float32 array."""
+    datamodule.setup("test")
+    xs = [batch[0].detach().cpu() for batch in datamodule.test_dataloader()]
+    x = torch.cat(xs).numpy().astype(np.float32)
+    return x[:samples] if samples else x
+
+
+def compare(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
+    """Max abs diff, the share of samples whose predicted class agrees, and of identical ones.
+
+    ``identical`` counts samples whose outputs all agree within 1e-6.
+    """
+    got, want = np.asarray(got).reshape(len(want), -1), np.asarray(want).reshape(len(want), -1)
+    diff = np.abs(got - want)
+    return {
+        "samples": len(want),
+        "max_abs_diff": float(diff.max()),
+        "class_agreement": float((got.argmax(1) == want.argmax(1)).mean()),
+        "identical": float((diff.max(axis=1) <= 1e-6).mean()),
+    }
+
+
+def export(
+    network: torch.nn.Module,
+    input_shape: tuple[int, ...],
+    fmt: str,
+    out: Path,
+    x: np.ndarray,
+    quant: QuantConfig | None = None,
+) -> dict[str, Any]:
+    """Export ``network`` as ``fmt`` into ``out`` and compare it with machlite on ``x``.
+
+    Args:
+        network: The checkpoint's network (float, or quantized after QAT).
+        input_shape: One sample's shape.
+        fmt: ``onnx``, ``qonnx`` or ``hls4ml``.
+        out: The output folder.
+        x: The inputs to compare on.
+        quant: Formats for a float network (qonnx, hls4ml); None: the network's own.
+
+    Raises:
+        ConfigError: The extra is missing, or a quantized format has no formats to use.
+    """
+    require(fmt)
+    network = network.cpu().eval()
+    out.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        from machlite.export.to_onnx import export_onnx, run_onnxruntime
+
+        plain = quantize_network(network, QuantConfig()).eval()  # the float network
+        path = export_onnx(plain, input_shape, out / "model.onnx")
+        with torch.no_grad():
+            want = plain(torch.from_numpy(x)).numpy()
+        return {
+            "file": str(path),
+            "against": "PyTorch (float)",
+            **compare(run_onnxruntime(path, x), want),
+        }
+    if quant is not None:
+        network = quantize_network(network, quant).eval()
+    if not any(hasattr(m, "quant") for m in network.modules()):
+        raise ConfigError(
+            f"--format {fmt} exports a quantized network, but the checkpoint is float and "
+            "no --quant file was given (e.g. --quant configs/quant/int8_4.yaml)"
+        )
+    with torch.no_grad():
+        want = network(torch.from_numpy(x)).numpy()
+    against = "machlite fake-quantized"
+    if fmt == "qonnx":
+        import onnx
+
+        from machlite.atomic import atomic_write
+        from machlite.export.to_qonnx import qonnx_model, run_qonnx
+
+        model = qonnx_model(network, input_shape)
+        path = out / "model.qonnx.onnx"
+        atomic_write(path, model.SerializeToString())
+        return {
+            "file": str(path),
+            "against": against,
+            **compare(run_qonnx(onnx.load(path), x), want),
+        }
+    from machlite.export.to_hls4ml import build_hls4ml, run_hls4ml
+
+    model = build_hls4ml(network, input_shape, out)
+    return {"file": str(out), "against": against, **compare(run_hls4ml(model, x), want)}
+
+
+def main(argv: list[str]) -> dict[str, Any]:
+    """Run ``machlite export`` with ``argv`` (the arguments after the subcommand).
+
+    Returns:
+        The comparison (also written as ``export_FORMAT.json`` into ``--out``).
+
+    Raises:
+        BadArguments: The command line does not parse.
+        MachliteError: The extra is missing, or the config, checkpoint or data cannot be used.
+    """
+    from machlite.quantize import checkpoint_cli, run_folder
+
+    args, overrides = parser().parse_known_args(argv)
+    require(args.format)  # before any work
+    ckpt = Path(args.ckpt_path)
+    if not ckpt.is_file():
+        raise ConfigError(f"--ckpt_path {ckpt} does not exist: give a checkpoint file")
+    config = args.config or run_folder(ckpt) / "config.yaml"
+    if not Path(config).is_file():
+        raise ConfigError(f"no config: {config} does not exist; give the run's --config")
+    quant = load_quant_config(args.quant) if args.quant else None
+    with checkpoint_cli(str(config), str(ckpt), overrides) as cli:
+        input_shape = tuple(cli.datamodule.input_shape)
+        x = split_inputs(cli.datamodule, args.samples)
+        network = cli.model.network
+    result = export(network, input_shape, args.format, Path(args.out), x, quant)
+    result = {"format": args.format, "checkpoint": str(ckpt), **result}
+    print(
+        f"machlite: {args.format} written to {result['file']}; against {result['against']} on "
+        f"{result['samples']} test samples: max abs diff {result['max_abs_diff']:.3g}, class "
+        f"agreement {100 * result['class_agreement']:.2f}%, identical outputs "
+        f"{100 * result['identical']:.2f}%",
+        flush=True,
+    )
+    atomic_write_json(Path(args.out) / f"export_{args.format}.json", result)
+    return result
+
+
+__all__ = ["FORMATS", "compare", "export", "main", "split_inputs"]

@@ -1,0 +1,107 @@
+"""An hls4ml project of the quantized network, compiled (g++) and run in-process.
+
+hls4ml's PyTorch frontend converts the float network (torch's own layers, the trained
+weights); machlite's formats become per-layer ``ap_fixed<W, I, AP_RND_CONV, AP_SAT>``
+precisions (``I = W - frac_width``: round half to even, saturate, as machlite's quantizer):
+
+- the model input (layer ``x``): the first layer's ``data_in``;
+- a layer's ``result``: its own ``data_out``, else the next layer's ``data_in`` (the rounding
+  machlite does when that layer reads it), else :data:`WIDE`;
+- Linear/Conv2d ``weight`` and ``bias``; BatchNorm ``scale`` and ``bias`` (the folded scale
+  and shift, as machlite's quantized BatchNorm rounds them);
+- every accumulator: :data:`ACCUM`, wide enough to sum the products exactly;
+- float (unset) formats: :data:`WIDE`, hls4ml's stand-in for float.
+
+Vivado/Vitis HLS synthesis (latency, LUTs, DSPs) is not run: only the C++ model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from machlite.quant import FixedPoint, LayerQuant, QuantConfig, quantize_network
+
+#: The precision that stands in for a float value: 16 integer bits and 32 fractional ones,
+#: finer than float32 near 1, so a float layer rounds as machlite's float32 does (nearly).
+WIDE = "ap_fixed<48,16,AP_RND_CONV,AP_SAT>"
+#: Every accumulator's precision: sums of products of the formats above, exactly.
+ACCUM = "ap_fixed<64,32>"
+
+
+def ap_fixed(fmt: FixedPoint | None) -> str:
+    """hls4ml's name of a machlite format: ``ap_fixed<W, W - frac, AP_RND_CONV, AP_SAT>``."""
+    if fmt is None:
+        return WIDE
+    return f"ap_fixed<{fmt.width},{fmt.int_width},AP_RND_CONV,AP_SAT>"
+
+
+def hls_config(network: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """hls4ml's per-layer config for a quantized ``network`` (the module docstring's rules)."""
+    import hls4ml
+
+    formats = {
+        name.replace(".", "_"): m.quant
+        for name, m in network.named_modules()
+        if hasattr(m, "quant")
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        config = hls4ml.utils.config_from_pytorch_model(
+            _float(network),
+            input_shape=tuple(input_shape),
+            granularity="name",
+            default_precision=WIDE,
+            backend="Vivado",
+        )
+    names = list(config["LayerName"])  # "x" first, then the layers in order
+    specs = [formats.get(name, LayerQuant()) for name in names]
+    for i, name in enumerate(names):
+        spec = specs[i]
+        nxt = specs[i + 1].data_in if i + 1 < len(specs) else None
+        out = nxt if name == "x" else spec.data_out or nxt
+        precision = config["LayerName"][name].setdefault("Precision", {})
+        precision["result"] = ap_fixed(out)
+        for key, fmt in (("weight", spec.weight), ("scale", spec.weight), ("bias", spec.bias)):
+            if key in precision:
+                precision[key] = ap_fixed(fmt)
+        if "accum" in precision:
+            precision["accum"] = ACCUM
+    return config
+
+
+def _float(network: nn.Module) -> nn.Module:
+    """The network with torch's own layers (what hls4ml's frontend reads), on the CPU."""
+    return quantize_network(network.cpu(), QuantConfig()).eval()
+
+
+def build_hls4ml(network: nn.Module, input_shape: tuple[int, ...], out: Path) -> Any:
+    """Write the hls4ml project of a quantized ``network`` into ``out`` and compile it (g++).
+
+    Returns:
+        hls4ml's ``ModelGraph``: ``predict(x)`` runs the fixed-point C++ model.
+    """
+    import hls4ml
+
+    config = hls_config(network, input_shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = hls4ml.converters.convert_from_pytorch_model(
+            _float(network),
+            hls_config=config,
+            output_dir=str(out),
+            backend="Vivado",
+            io_type="io_parallel",
+        )
+        model.compile()
+    return model
+
+
+def run_hls4ml(model: Any, x: np.ndarray) -> np.ndarray:
+    """The compiled hls4ml model's output for ``x`` (one row per sample)."""
+    y = model.predict(np.ascontiguousarray(x, dtype=np.float32))
+    return np.asarray(y).reshape(len(x), -1)

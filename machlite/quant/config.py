@@ -1,0 +1,243 @@
+"""The quantization config: signed fixed-point formats per layer, by layer type and by name.
+
+A config is a machlite config's ``model.quantization`` block, or a YAML file of its own
+(``machlite quantize --quant FILE``)::
+
+    by_type:                      # every layer of that type (see LAYER_TYPES)
+      linear:
+        data_in: {width: 8, frac_width: 4}
+        weight: {width: 8, frac_width: 4}
+        bias: {width: 8, frac_width: 4}
+      relu:
+        data_in: {width: 8, frac_width: 4}
+    by_name:                      # overrides by module name (``network.named_modules()``)
+      seq_blocks.2:
+        weight: {width: 4, frac_width: 2}
+      seq_blocks.3: {}            # float
+    default: null                 # the layers of a supported type not named above: float
+
+A format ``(width, frac_width)`` stores ``value = clamp(round(x * 2^frac_width),
+-2^(width-1), 2^(width-1) - 1) / 2^frac_width`` (round half to even, saturating): machop's
+``integer`` quantizer, hls4ml's ``ap_fixed<width, width - frac_width, AP_RND_CONV, AP_SAT>``.
+A field left out (null) is float. docs/quantization.md explains each field.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from machlite.errors import ConfigError
+
+#: The layer types a config can name under ``by_type`` (the lowercased torch class name).
+LAYER_TYPES = ("linear", "conv2d", "batchnorm1d", "batchnorm2d", "relu")
+#: The widest format: torch's fake-quantize op holds the integer range in int32.
+MAX_WIDTH = 32
+
+
+@dataclass(frozen=True)
+class FixedPoint:
+    """A signed fixed-point format.
+
+    Args:
+        width: Total bits, the sign included (2 to 32).
+        frac_width: Bits after the binary point (may be negative or above ``width``).
+    """
+
+    width: int
+    frac_width: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.width, int) or not 2 <= self.width <= MAX_WIDTH:
+            raise ConfigError(f"quantization width must be 2 to {MAX_WIDTH}, got {self.width!r}")
+        if not isinstance(self.frac_width, int):
+            raise ConfigError(
+                f"quantization frac_width must be an integer, got {self.frac_width!r}"
+            )
+
+    @property
+    def int_width(self) -> int:
+        """Integer bits, the sign included: hls4ml's ``I`` in ``ap_fixed<W, I>``."""
+        return self.width - self.frac_width
+
+    @property
+    def scale(self) -> float:
+        """The value of one step, ``2^-frac_width``."""
+        return 2.0**-self.frac_width
+
+    @property
+    def qmin(self) -> int:
+        """The smallest integer code, ``-2^(width-1)``."""
+        return -(2 ** (self.width - 1))
+
+    @property
+    def qmax(self) -> int:
+        """The largest integer code, ``2^(width-1) - 1``."""
+        return 2 ** (self.width - 1) - 1
+
+    def __str__(self) -> str:
+        return f"({self.width},{self.frac_width})"
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    """The formats of one layer; a field left None stays float.
+
+    Args:
+        data_in: The layer's input.
+        weight: Its weight (BatchNorm: the folded scale ``gamma / sqrt(var + eps)``).
+        bias: Its bias (BatchNorm: the folded shift ``beta - mean * scale``).
+        data_out: Its output.
+    """
+
+    data_in: FixedPoint | None = None
+    weight: FixedPoint | None = None
+    bias: FixedPoint | None = None
+    data_out: FixedPoint | None = None
+
+    @property
+    def is_float(self) -> bool:
+        """Whether every field is float (the layer is left as it is)."""
+        return all(getattr(self, f.name) is None for f in fields(self))
+
+    def __str__(self) -> str:
+        parts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)]
+        return " ".join(p for p in parts if not p.endswith("=None")) or "float"
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Which layers are quantized, and how.
+
+    A layer's formats are its ``by_name`` entry if it has one (the whole entry: fields it
+    leaves out are float), else its type's ``by_type`` entry, else ``default`` (None: float).
+    Only the types in :data:`LAYER_TYPES` are quantized; other modules (Dropout, MaxPool,
+    Flatten) are left as they are.
+
+    Args:
+        by_type: Formats by layer type (``linear``, ``conv2d``, ``batchnorm1d``,
+            ``batchnorm2d``, ``relu``).
+        by_name: Formats by module name, e.g. ``seq_blocks.2``.
+        default: Formats of the supported layers named nowhere above (None: float).
+    """
+
+    by_type: dict[str, LayerQuant] = field(default_factory=dict)
+    by_name: dict[str, LayerQuant] = field(default_factory=dict)
+    default: LayerQuant | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.by_type) - set(LAYER_TYPES))
+        if unknown:
+            raise ConfigError(
+                f"quantization by_type: unknown layer type {unknown[0]!r}: choose from "
+                f"{', '.join(LAYER_TYPES)}"
+            )
+
+    def for_layer(self, name: str, module: Any) -> LayerQuant | None:
+        """The formats of module ``name`` (None: not a supported type, or all float)."""
+        kind = type_key(module)
+        if kind is None:
+            return None
+        if name in self.by_name:
+            spec = self.by_name[name]
+        elif kind in self.by_type:
+            spec = self.by_type[kind]
+        else:
+            spec = self.default
+        return None if spec is None or spec.is_float else spec
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dicts and ints (what checkpoints store and :func:`from_dict` reads)."""
+        return asdict(self)
+
+
+def type_key(module: Any) -> str | None:
+    """The ``by_type`` key of a module, or None.
+
+    The module is of a supported torch class exactly, or machlite's quantized subclass of
+    one; other subclasses (which may compute something else) are not quantized.
+    """
+    from torch import nn
+
+    for cls in (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU):
+        if type(module) is cls or (isinstance(module, cls) and hasattr(module, "quant")):
+            return cls.__name__.lower()
+    return None
+
+
+def _fixed(value: Any, where: str) -> FixedPoint | None:
+    if value is None or isinstance(value, FixedPoint):
+        return value
+    if isinstance(value, list | tuple) and len(value) == 2:
+        value = {"width": value[0], "frac_width": value[1]}
+    if not isinstance(value, dict) or set(value) != {"width", "frac_width"}:
+        raise ConfigError(
+            f"quantization {where}: expected {{width: W, frac_width: F}} (or [W, F]), got {value!r}"
+        )
+    return FixedPoint(**value)
+
+
+def _layer(value: Any, where: str) -> LayerQuant | None:
+    if value is None or isinstance(value, LayerQuant):
+        return value
+    names = [f.name for f in fields(LayerQuant)]
+    if not isinstance(value, dict) or not set(value) <= set(names):
+        extra = sorted(set(value) - set(names)) if isinstance(value, dict) else value
+        raise ConfigError(
+            f"quantization {where}: unknown field {extra!r}: a layer takes {', '.join(names)}"
+        )
+    return LayerQuant(**{k: _fixed(v, f"{where}.{k}") for k, v in value.items()})
+
+
+def from_dict(data: Any) -> QuantConfig:
+    """Build a :class:`QuantConfig` from plain data (a parsed YAML file, a checkpoint's).
+
+    Raises:
+        ConfigError: An unknown key, layer type or field, or a bad format.
+    """
+    if isinstance(data, QuantConfig):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"quantization: expected a mapping, got {type(data).__name__}")
+    keys = {"by_type", "by_name", "default"}
+    if not set(data) <= keys:
+        raise ConfigError(
+            f"quantization: unknown key {sorted(set(data) - keys)[0]!r}: use by_type, by_name, "
+            "default"
+        )
+    return QuantConfig(
+        by_type={k: _layer(v, f"by_type.{k}") for k, v in (data.get("by_type") or {}).items()},
+        by_name={k: _layer(v, f"by_name.{k}") for k, v in (data.get("by_name") or {}).items()},
+        default=_layer(data.get("default"), "default"),
+    )
+
+
+def load_quant_config(path: str | os.PathLike) -> QuantConfig:
+    """Read a quantization YAML file: the block itself, or a machlite config holding it.
+
+    A machlite config's ``model.quantization`` (or ``model.init_args.quantization``) is
+    read when the file has a ``model`` key.
+
+    Raises:
+        ConfigError: The file is missing, not YAML, or not a valid quantization config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"quantization file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"quantization file {path} is not valid YAML ({err})") from err
+    if isinstance(data, dict) and "model" in data:
+        model = data["model"] or {}
+        data = model.get("init_args", model).get("quantization")
+        if data is None:
+            raise ConfigError(f"{path} has no model.quantization block")
+    try:
+        return from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err

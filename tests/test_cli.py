@@ -207,6 +207,8 @@ def test_two_epoch_fit_writes_curves_tensorboard_can_read(jsc_data_dir: Path) ->
     hparams = session.session_start_info.hparams
     assert hparams["data.batch_size"].number_value == 256
     assert hparams["optimizer.lr"].number_value == pytest.approx(1e-3)
+    assert hparams["model.bits"].number_value == 117 * 32  # JSC-Tiny, float: 32 bits a value
+    assert hparams["model.bops"].number_value > 0
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
     metrics = {m.name.tag for m in experiment.experiment.metric_infos}
     assert metrics == {"val/acc", "val/acc_best", "val/loss", "train/loss_epoch", "test/acc"}

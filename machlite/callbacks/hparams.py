@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from machlite.loggers import ResumableTensorBoardLogger, tensorboard_logger
+from machlite.quant.cost import network_cost
 
 #: The metric tags the HPARAMS tab shows for each run (the curves' last values).
 METRICS = ("val/acc", "val/acc_best", "val/loss", "train/loss_epoch", "test/acc")
@@ -29,6 +30,15 @@ def _float(value: Any) -> float | None:
     if isinstance(value, torch.Tensor):
         value = value.item()
     return float(value) if isinstance(value, int | float) else None
+
+
+def _cost(pl_module: pl.LightningModule) -> dict[str, float]:
+    """``model.bits`` and ``model.bops`` of the module's network (empty if it has none)."""
+    network, shape = getattr(pl_module, "network", None), getattr(pl_module, "input_shape", None)
+    if not isinstance(network, torch.nn.Module) or shape is None:
+        return {}
+    cost = network_cost(network, None, tuple(shape))
+    return {"model.bits": float(cost.bits), "model.bops": float(cost.bops)}
 
 
 class HParamsLogger(Callback):
@@ -45,7 +55,12 @@ class HParamsLogger(Callback):
 
     @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Write the HPARAMS entry once per run folder (a resumed run has it already)."""
+        """Write the HPARAMS entry once per run folder (a resumed run has it already).
+
+        Beside the settings it holds the network's size in bits and its BOPs per sample
+        (``model.bits``, ``model.bops``; quantized formats where the run quantizes).
+        """
+        self.hparams.update(_cost(pl_module))
         logger = tensorboard_logger(trainer)
         resumed = isinstance(logger, ResumableTensorBoardLogger) and logger.resume_step is not None
         if logger is not None and not resumed:

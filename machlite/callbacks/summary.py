@@ -23,6 +23,8 @@ from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
+from machlite.quant.cost import network_cost
+
 try:  # torch >= 2.1
     from torch.utils.flop_counter import FlopCounterMode
 except ImportError:  # torch 2.0 (the IPU stack): FLOPs are not counted there
@@ -71,24 +73,37 @@ def layer_table(network: nn.Module, input_shape: tuple[int, ...]) -> list[dict[s
 
 
 def format_summary(network: nn.Module, input_shape: tuple[int, ...]) -> str:
-    """The summary's text: a row per layer, then the totals."""
+    """The summary's text: a row per layer, then the totals.
+
+    Bits (parameter storage) and BOPs (bit operations per sample, docs/quantization.md) come
+    from :func:`machlite.quant.cost.network_cost`: a float layer counts 32 bits a value, a
+    quantized one its formats' widths.
+    """
     rows = layer_table(network, input_shape)
+    cost = network_cost(network, None, input_shape)
+    by_layer = {layer.name: layer for layer in cost.layers}
     params = sum(p.numel() for p in network.parameters())
     trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
     counted = all(r["flops"] is not None for r in rows)
     flops = f"{sum(r['flops'] for r in rows):,}" if counted else "n/a (torch < 2.1)"
     width = max([len("layer"), *(len(r["name"]) for r in rows)])
     kind = max([len("type"), *(len(r["type"]) for r in rows)])
-    head = f"  {'layer':<{width}}  {'type':<{kind}}  {'params':>9}  {'output':<14}  {'FLOPs':>11}"
+    head = (
+        f"  {'layer':<{width}}  {'type':<{kind}}  {'params':>9}  {'output':<14}  {'FLOPs':>11}"
+        f"  {'bits':>9}  {'BOPs':>13}"
+    )
     lines = [f"machlite: network {type(network).__name__}, input {tuple(input_shape)}", head]
     for r in rows:
         shape = "x".join(map(str, r["output"])) if r["output"] is not None else "-"
+        layer = by_layer.get(r["name"])
         lines.append(
             f"  {r['name']:<{width}}  {r['type']:<{kind}}  {r['params']:>9,}  {shape:<14}  "
-            f"{'-' if r['flops'] is None else format(r['flops'], ','):>11}"
+            f"{'-' if r['flops'] is None else format(r['flops'], ','):>11}  "
+            f"{layer.bits if layer else 0:>9,}  {int(layer.bops) if layer else 0:>13,}"
         )
     lines.append(
-        f"  total: {params:,} parameters ({trainable:,} trainable), {flops} FLOPs per sample"
+        f"  total: {params:,} parameters ({trainable:,} trainable), {flops} FLOPs per sample, "
+        f"{cost.bits:,} bits, {int(cost.bops):,} BOPs per sample"
     )
     return "\n".join(lines)
 

@@ -58,6 +58,7 @@ COMMANDS: dict[str, Command] = {
         "run a grid of settings x seeds, then summarise and plot", "machlite.sweep:main"
     ),
     "plot": Command("plot the learning curves of the runs under a folder", "machlite.plot:main"),
+    "search": Command("Optuna search over config keys (TPE, grid, ...)", "machlite.search:main"),
     "quantize": Command(
         "post-training quantization: accuracy, bits and BOPs", "machlite.quantize:main"
     ),

@@ -109,9 +109,10 @@ def run_sweep(sweep: Sweep, jobs: int = 1, out: IO[str] | None = None) -> Runner
     )
     runner.run_all(todo)
     files = report(sweep, runs, runner.failed)
-    summary = files[2].read_text().splitlines()
-    table = [line for line in summary if line.startswith(("|", "**SYNTHETIC"))]
-    runner.say("\n".join(["", *table, ""]))  # the final table, as summary.md has it
+    if files[2].is_file():  # the final table, as summary.md has it
+        summary = files[2].read_text().splitlines()
+        table = [line for line in summary if line.startswith(("|", "**SYNTHETIC"))]
+        runner.say("\n".join(["", *table, ""]))
     runner.say(f"machlite sweep: summary {files[2]} and {files[0]}")
     if len(files) > 3:
         runner.say(f"machlite sweep: plots in {files[3].parent}")

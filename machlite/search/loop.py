@@ -38,7 +38,7 @@ from machlite.search.study import (
     require_optuna,
     tell,
 )
-from machlite.sweep.runner import Runner, _Running, _stop, progress_line
+from machlite.sweep.runner import Runner, Running, progress_line, stop_runs
 from machlite.sweep.spec import Run, read_done, short_keys, value_label
 
 #: A process stops asking for trials after this many of its trials failed in a row.
@@ -95,7 +95,7 @@ class _Trial:
     folder: str
     runs: list[Run]
     done: list[Run] = field(default_factory=list)
-    running: _Running | None = None
+    running: Running | None = None
     pruned: bool = False
     failed: str = ""
 
@@ -117,7 +117,7 @@ class TrialRunner(Runner):
             job["extra"] += self.search.pruner_args(number, job["run_dir"])
         return job
 
-    def finish(self, running: _Running) -> None:
+    def finish(self, running: Running) -> None:
         """Record a run that ended: pruned (its ``pruned.json``), finished or failed."""
         run_dir = self.sweep.sweep_dir / running.run.name
         if (run_dir / PRUNED_FILE).is_file():
@@ -294,11 +294,11 @@ class SearchLoop:
             Interrupted: Ctrl-C or SIGTERM; the running trials were stopped and marked FAIL
                 (a search run again replaces them).
         """
-        from machlite.sweep.runner import _interrupt
+        from machlite.sweep.runner import interrupt
 
         total = max(self.budget_left() or 0, 1)
         main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+        previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
         stop = threading.Event()
         threading.Thread(target=self._heartbeat, args=(stop,), daemon=True).start()
         try:
@@ -325,7 +325,7 @@ class SearchLoop:
                 if self._active:
                     time.sleep(0.2)
         except KeyboardInterrupt:
-            _stop([item.running for item in self._active if item.running is not None])
+            stop_runs([item.running for item in self._active if item.running is not None])
             self._fail_active("interrupted (Ctrl-C or SIGTERM) while it ran")
             raise Interrupted(
                 "search interrupted; run the same command again to continue: finished trials "

@@ -51,18 +51,21 @@ def _failure_reason(log: Path) -> str:
 
 
 @dataclass
-class _Running:
+class Running:
+    """A run in progress: its subprocess, its open log and when it started."""
+
     run: Run
     proc: subprocess.Popen
     log: IO[bytes]
     start: float
 
 
-def _interrupt(signum: int, frame: Any) -> None:
+def interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handler: stop the runs as Ctrl-C does."""
     raise KeyboardInterrupt
 
 
-def _stop(running: list[_Running]) -> None:
+def stop_runs(running: list[Running]) -> None:
     """Terminate runs (their folders stay unfinished, so the next sweep redoes them)."""
     for item in running:
         if item.proc.poll() is None:
@@ -122,7 +125,7 @@ class Runner:
             "run_name": run.name,
         }
 
-    def start(self, run: Run) -> _Running:
+    def start(self, run: Run) -> Running:
         """Replace any unfinished run folder and launch the run."""
         job = self.job(run)
         log = open(Path(job["run_dir"]) / "run.log", "wb")  # noqa: SIM115 (closed in finish)
@@ -133,7 +136,7 @@ class Runner:
             stdout=subprocess.PIPE if tee else log,
             stderr=subprocess.STDOUT,
         )
-        running = _Running(run, proc, log, start)
+        running = Running(run, proc, log, start)
         if tee:  # one run at a time: its output (Lightning's bar) shows under the progress line
             assert proc.stdout is not None
             try:
@@ -143,12 +146,12 @@ class Runner:
                     self.out.write(chunk.decode(errors="replace"))
                     self.out.flush()
             except BaseException:  # Ctrl-C while streaming: stop the run too
-                _stop([running])
+                stop_runs([running])
                 raise
             proc.stdout.close()
         return running
 
-    def finish(self, running: _Running) -> None:
+    def finish(self, running: Running) -> None:
         """Record a run that ended: finished (done.json written) or failed."""
         code = running.proc.wait()
         running.log.close()
@@ -175,12 +178,12 @@ class Runner:
             Interrupted: Ctrl-C or SIGTERM; the running runs were stopped.
         """
         queue = list(todo)
-        running: list[_Running] = []
+        running: list[Running] = []
         t0 = time.time()
         started = 0
         # `kill` (SIGTERM) stops the runs too, as Ctrl-C does
         main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+        previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
         try:
             while queue or running:
                 while queue and len(running) < self.jobs:
@@ -197,7 +200,7 @@ class Runner:
                 if running:
                     time.sleep(0.2)
         except KeyboardInterrupt:
-            _stop(running)
+            stop_runs(running)
             raise Interrupted(
                 "sweep interrupted; run the same command again to resume: finished runs are "
                 "kept and unfinished ones are redone"

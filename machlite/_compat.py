@@ -140,6 +140,13 @@ PRIVATE_SYMBOLS: tuple[PrivateSymbol, ...] = (
     PrivateSymbol(
         _CLI, "_get", ("config", "key", "default"), False, "machlite.cli: read a config value"
     ),
+    PrivateSymbol(
+        "torch._dynamo.utils",
+        "counters",
+        None,
+        False,
+        "machlite.compiled: say whether model.compile loaded its graph from the disk cache",
+    ),
 )
 
 
@@ -151,6 +158,19 @@ def step_counter(optimizer: Any) -> tuple[Callable[[], None], Callable[[], None]
     wrapped torch optimizer directly.
     """
     return optimizer._on_before_step, optimizer._on_after_step
+
+
+def compile_cache_hits() -> int:
+    """How many compiled graphs this process has loaded from torch's on-disk caches.
+
+    torch counts them in ``torch._dynamo.utils.counters``: Inductor's FX-graph cache and
+    AOTAutograd's cache (a hit of the latter skips the former).
+    """
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["fxgraph_cache_hit"]) + int(
+        counters["aot_autograd"]["autograd_cache_hit"]
+    )
 
 
 def is_last_batch(trainer: Any) -> bool:

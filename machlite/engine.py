@@ -27,6 +27,7 @@ use of Lightning's private state, the optimizer-step counter, goes through
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -35,8 +36,12 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import Tensor
 
+from machlite import notices
 from machlite._compat import step_counter
+from machlite.accelerator import on_ipu
+from machlite.compiled import GROUP, CompiledSteps, group_lrs, unsupported_optimizer
 from machlite.loggers import current_lr
+from machlite.paths import compile_cache_dir
 
 try:  # lightning >= 2.1
     from lightning.pytorch.plugins.precision import Precision
@@ -135,6 +140,37 @@ def skips_step_hooks(module: pl.LightningModule) -> bool:
     return all(_inherits(module, pl.LightningModule, hook) for hook in own)
 
 
+def compile_blocker(module: pl.LightningModule) -> str | None:
+    """Why this fit's steps cannot run compiled (``model.compile``), or None when they can.
+
+    Compiled steps need what the fast path needs (one device, 32-bit, no profiler, no
+    per-step hooks; :func:`skips_step_hooks`) and an optimizer whose update
+    :mod:`machlite.compiled` writes out.
+    """
+    trainer = module.trainer
+    if module.steps_per_call < 2:
+        return "model.steps_per_call is 1; compiled steps run several per call (e.g. 32)"
+    if on_ipu(trainer):
+        return "on IPUs poptorch compiles the step itself"
+    if type(trainer.strategy) is not SingleDeviceStrategy:
+        return f"strategy {type(trainer.strategy).__name__}: compiled steps run on one device"
+    if type(trainer.strategy.precision_plugin) is not Precision:
+        return f"precision {trainer.precision}: compiled steps run in 32-bit"
+    if type(trainer.profiler) is not PassThroughProfiler:
+        return "a profiler is attached (it times Lightning's per-step hooks)"
+    for callback in trainer.callbacks:
+        for hook in STEP_HOOKS:
+            if not _inherits(callback, Callback, hook):
+                return f"callback {type(callback).__name__} needs Lightning's {hook} hook"
+    for hook in (*STEP_HOOKS, "backward", "manual_backward"):
+        if not _inherits(module, pl.LightningModule, hook):
+            return f"the task overrides {hook}"
+    optimizers = trainer.optimizers
+    if len(optimizers) != 1:
+        return f"{len(optimizers)} optimizers; compiled steps drive one"
+    return unsupported_optimizer(optimizers[0])
+
+
 def sync_buffers(module: pl.LightningModule) -> None:
     """DDP fit: copy rank 0's buffers (BatchNorm running statistics) to every rank.
 
@@ -161,23 +197,48 @@ class MultiStepEngine:
     arithmetic in the same order as Lightning's automatic optimization, so the weights,
     ``global_step`` and the logged curves are those of one step per call.
 
+    With ``compile`` the steps of each call run :data:`~machlite.compiled.GROUP` at a time
+    through one compiled graph (:class:`~machlite.compiled.CompiledSteps`), and the rest
+    (a call's last ``steps_per_call % GROUP`` steps, a smaller last batch, each fit's first
+    step) eagerly on the fast path, on the same tensors.
+
     Args:
         steps_per_call: Optimizer steps per Lightning training call (``model.steps_per_call``).
+        compile: Run the steps compiled when this fit allows it (``model.compile``).
 
     Attributes:
         manual: Whether the steps use manual optimization (``steps_per_call`` > 1).
         fast: Whether this fit's steps skip Lightning's per-step hook dispatch (set by
             :meth:`start`; see :func:`skips_step_hooks`).
+        compiled: This fit's compiled steps, or None (eager: not asked for, or not possible;
+            :meth:`start` then says why in one line).
     """
 
-    def __init__(self, steps_per_call: int = 1) -> None:
+    def __init__(self, steps_per_call: int = 1, compile: bool = False) -> None:
         self.steps_per_call = int(steps_per_call)
         self.manual = self.steps_per_call > 1
+        self.compile = bool(compile)
         self.fast = False
+        self.compiled: CompiledSteps | None = None
+        self._stepped = False  # an eager step of this fit has run
 
     def start(self, module: pl.LightningModule) -> None:
         """Choose the path once per fit (``on_train_start``)."""
         self.fast = self.manual and skips_step_hooks(module)
+        self.compiled = None
+        self._stepped = False
+        if not self.compile:
+            return
+        reason = compile_blocker(module)
+        if reason is not None:
+            notices.warn(module.trainer, f"model.compile: running eager steps, since {reason}")
+            return
+        optimizer = module.trainer.optimizers[0]
+        group = min(GROUP, self.steps_per_call)
+        # An earlier fit's graph (another CompiledSteps) would count as a recompile against
+        # torch's limit of 8 per function; the on-disk cache keeps what was compiled.
+        torch.compiler.reset()
+        self.compiled = CompiledSteps(module.network, module.loss_fn, optimizer, group)
 
     def record(self, module: pl.LightningModule, out: Tensor, loss: Tensor, y: Tensor) -> None:
         """One step per call: update the epoch metrics, log when due, call the step hooks.
@@ -197,39 +258,42 @@ class MultiStepEngine:
 
         On the fast path (:attr:`fast`) the backward pass and the optimizer step are called
         directly: the same arithmetic in the same order, without Lightning's per-step
-        dispatch of hooks that nothing here overrides. Lightning's optimizer-step counter
+        dispatch of hooks that nothing here overrides. Compiled (:attr:`compiled`), whole
+        groups of steps run as one call. Lightning's optimizer-step counter
         (``global_step``) still counts every step. The epoch metrics are updated once per
         call, with all the call's outputs.
         """
         optimizer = module.optimizers()
-        raw = optimizer.optimizer
         configs = module.trainer.lr_scheduler_configs
         schedulers = [c.scheduler for c in configs if c.interval == "step"]
         before_step, after_step = step_counter(optimizer)
-        fast = self.fast
         start = module.global_step
         outs, losses = [], []
         shown = None
-        for i, (x, y) in enumerate(batches):
-            out = module.network(x)
-            loss = module.loss_fn(out, y)
-            if fast:
-                raw.zero_grad()
-                loss.backward()
-                before_step()  # Lightning's optimizer-step counter
-                raw.step()
-                after_step()
+        i = 0
+        while i < len(batches):
+            chunk = self._compilable(batches[i:])
+            if chunk:
+                step_losses, step_outs, lrs = self._run_compiled(module, chunk, schedulers)
+                for _ in chunk:
+                    before_step()  # Lightning's optimizer-step counter
+                    after_step()
             else:
-                optimizer.zero_grad()
-                module.manual_backward(loss)
-                optimizer.step()
-            out, loss = out.detach(), loss.detach()
-            outs.append(out)
-            losses.append(loss)
-            logged = self._log_step(module, start + i, loss, out, y)  # with this step's lr
-            shown = shown if logged is None else logged
-            for scheduler in schedulers:
-                scheduler.step()
+                chunk = batches[i : i + 1]
+                x, y = chunk[0]
+                step_losses, step_outs = self._eager_step(module, optimizer, x, y)
+                lrs = [None]
+            for k, (_, y) in enumerate(chunk):
+                # with this step's lr
+                loss, out, lr = step_losses[k], step_outs[k], lrs[k]
+                logged = self._log_step(module, start + i + k, loss, out, y, lr)
+                shown = shown if logged is None else logged
+                if lrs[k] is None:  # eager: step the schedulers after the step, as Lightning does
+                    for scheduler in schedulers:
+                        scheduler.step()
+            outs.extend(step_outs)
+            losses.extend(step_losses)
+            i += len(chunk)
         show_loss(module, shown)
         sizes = [len(y) for _, y in batches]
         weights = torch.tensor(sizes, dtype=torch.float32, device=module.device)
@@ -244,11 +308,74 @@ class MultiStepEngine:
                     config.scheduler.step()
         sync_buffers(module)
 
+    def _eager_step(
+        self, module: pl.LightningModule, optimizer: Any, x: Tensor, y: Tensor
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """One eager optimizer step (fast path or through Lightning); detached loss and output."""
+        self._stepped = True
+        out = module.network(x)
+        loss = module.loss_fn(out, y)
+        if self.fast:
+            before_step, after_step = step_counter(optimizer)
+            optimizer.optimizer.zero_grad()
+            loss.backward()
+            before_step()  # Lightning's optimizer-step counter
+            optimizer.optimizer.step()
+            after_step()
+        else:
+            optimizer.zero_grad()
+            module.manual_backward(loss)
+            optimizer.step()
+        return [loss.detach()], [out.detach()]
+
+    def _compilable(self, batches: Sequence[Batch]) -> Sequence[Batch]:
+        """The next group of batches to run compiled, or an empty list (run one eagerly).
+
+        A fit's first step is eager: it creates the optimizer's state, and torch's LR
+        schedulers expect a real ``optimizer.step()`` before their first ``step()``.
+        """
+        compiled = self.compiled
+        if compiled is None or not self._stepped or not compiled.ready():
+            return []
+        chunk = batches[: compiled.group]
+        return chunk if compiled.fits(chunk) else []
+
+    def _run_compiled(
+        self, module: pl.LightningModule, chunk: Sequence[Batch], schedulers: list[Any]
+    ) -> tuple[Tensor, Tensor, list[float]]:
+        """Run ``chunk`` through the compiled steps; report the compile time at the first call."""
+        compiled = self.compiled
+        raw = module.trainer.optimizers[0]
+        lrs = group_lrs(raw, schedulers, len(chunk))
+        first = compiled.compile_seconds is None
+        losses, outs = compiled(chunk, lrs)
+        if first:
+            what = f"{compiled.group} steps of {type(module.network).__name__} at batch"
+            what = f"{what} {len(chunk[0][0])}"
+            seconds = f"{compiled.compile_seconds:.1f} s"
+            if compiled.from_cache:
+                message = f"model.compile: {what} loaded from the compile cache in {seconds}"
+            else:
+                message = (
+                    f"model.compile: {what} compiled in {seconds}; cached in "
+                    f"{compile_cache_dir()} for later runs of the same shapes"
+                )
+            notices.say(module.trainer, message)
+        return losses, outs, [step[0] for step in lrs]
+
     @staticmethod
     def _log_step(
-        module: pl.LightningModule, step: int, loss: Tensor, out: Tensor, y: Tensor
+        module: pl.LightningModule,
+        step: int,
+        loss: Tensor,
+        out: Tensor,
+        y: Tensor,
+        lr: float | None = None,
     ) -> float | None:
         """Log a step's loss, accuracy and lr when due; then call the task's step hooks.
+
+        ``lr`` is the step's learning rate when the schedulers have already moved past it
+        (compiled groups); None: the optimizer's current one.
 
         Returns:
             The logged loss, or None when this step was not logged. The caller shows it on
@@ -259,7 +386,8 @@ class MultiStepEngine:
         if due(trainer, step):
             value = loss.item()
             acc = (out.argmax(dim=1) == y).float().mean().item()
-            scalars = {"train/loss": value, "train/acc": acc, "train/lr": current_lr(trainer)}
+            lr = current_lr(trainer) if lr is None else lr
+            scalars = {"train/loss": value, "train/acc": acc, "train/lr": lr}
             write_scalars(trainer, scalars, step)
         for hook in module.step_hooks:  # after logging: a diverged step still shows on the curves
             hook(step, loss)
@@ -271,6 +399,7 @@ __all__ = [
     "STEP_HOOKS",
     "TRAINER_API",
     "MultiStepEngine",
+    "compile_blocker",
     "due",
     "show_loss",
     "skips_step_hooks",

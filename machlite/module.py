@@ -62,6 +62,13 @@ class Classifier(pl.LightningModule):
             Lightning's per-step hook dispatch (docs/performance.md). Use 1 for Trainer
             features that need automatic optimization (``accumulate_grad_batches``,
             ``gradient_clip_val``).
+        compile: Run the training steps compiled: each call's steps four at a time in one
+            ``torch.compile`` graph with the optimizer update and BatchNorm's statistics
+            (:mod:`machlite.compiled`), several times faster per step for the JSC networks,
+            same results up to rounding. Compiling costs 30-120 s once per network, batch
+            size and machine (cached on disk); it pays for long or repeated runs
+            (docs/performance.md). Needs ``steps_per_call`` >= 2, one device, 32-bit, and
+            Adam, AdamW or SGD; elsewhere the run says why in one line and trains eagerly.
         quantization: Fixed-point formats for the network's layers (the QAT hook,
             docs/quantization.md). The network is replaced by
             :func:`machlite.quant.quantize_network`'s copy in ``__init__``, so training is
@@ -79,6 +86,7 @@ class Classifier(pl.LightningModule):
         num_classes: int = 5,
         input_shape: tuple[int, ...] | None = None,
         steps_per_call: PositiveInt = 1,
+        compile: bool = False,
         quantization: QuantConfig | None = None,
         init_from: str | None = None,
     ) -> None:
@@ -104,7 +112,7 @@ class Classifier(pl.LightningModule):
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.steps_per_call = int(steps_per_call)
         #: Runs the training steps: K per call, the fast path, logging when due.
-        self.engine = MultiStepEngine(self.steps_per_call)
+        self.engine = MultiStepEngine(self.steps_per_call, compile=compile)
         self.automatic_optimization = not self.engine.manual
         #: Called as ``hook(step, loss)`` for every optimizer step, also with steps_per_call > 1
         #: (machlite.callbacks.guards.DivergenceGuard registers here).

@@ -17,6 +17,20 @@ def default_data_dir() -> Path:
     return Path(cache).expanduser() / "machlite"
 
 
+def compile_cache_dir() -> Path:
+    """Where ``torch.compile`` keeps its on-disk caches for machlite runs.
+
+    ``$TORCHINDUCTOR_CACHE_DIR`` when set (torch's own variable), else
+    ``$XDG_CACHE_HOME/machlite/torch_compile``: unlike torch's default under /tmp, it
+    survives a reboot, so a later process with the same network, batch size and group of
+    steps loads the compiled code instead of compiling it again.
+    """
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"]).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "machlite" / "torch_compile"
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     """Return ``data_dir`` as a Path, or the default data folder when it is None or empty."""
     return Path(data_dir).expanduser() if data_dir else default_data_dir()

@@ -35,7 +35,7 @@ from machlite.callbacks import (
     PredictionWriter,
     RunReport,
 )
-from machlite.callbacks.progress import count_steps
+from machlite.callbacks.progress import count_steps, plain_default_bar
 from machlite.callbacks.summary import summarize_network
 from machlite.checkpoint import (
     AtomicCheckpointIO,
@@ -333,6 +333,8 @@ class MachliteCLI(LightningCLI):
             kwargs["logger"] = self._logger(self._get(self.config, "runs_dir"), name, version)
         if getattr(self, "_strategy", None) is not None:
             kwargs["strategy"] = self._strategy
+        configured = trainer_config.get("callbacks")  # a copy: the trainer extends that list
+        configured = list(configured) if isinstance(configured, list) else [configured]
         trainer = super().instantiate_trainer(**kwargs)
         for key in CALLBACKS:
             callback = self._get(self.config_init, key)
@@ -347,6 +349,7 @@ class MachliteCLI(LightningCLI):
         callbacks[:] = [c for c in callbacks if not isinstance(c, Checkpoint)] + [
             c for c in callbacks if isinstance(c, Checkpoint)
         ]
+        plain_default_bar(trainer, configured)  # TQDM unless the config asks for Rich
         count_steps(trainer)  # the progress bar counts optimizer steps, not calls of K
         summarize_network(trainer)  # the network's layers, exact parameters and FLOPs
         checkpoint_io = self._get(self.config_init, "checkpoint_io")

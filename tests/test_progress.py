@@ -4,9 +4,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelSummary
 
 from machlite.callbacks.progress import StepRichProgressBar, StepTQDMProgressBar
+from machlite.callbacks.summary import NetworkSummary
 from machlite.cli import run_lightning
 
 from .conftest import CONFIGS, synthetic
@@ -70,3 +71,13 @@ def test_rich_bar_counts_optimizer_steps(jsc_data_dir: Path) -> None:
     steps = SEEN["steps"]
     assert SEEN["totals"] == [steps]
     assert SEEN["counts"][1:] == [min(i * 5, steps) for i in range(1, -(-steps // 5))] + [steps]
+
+
+def test_default_bar_and_summary_stay_machlite_s_with_rich_installed(jsc_data_dir: Path) -> None:
+    """Lightning switches its defaults to Rich when ``rich`` imports; machlite's do not."""
+    pytest.importorskip("rich", reason="the rich package (in the dev extra) is not installed")
+    cli = _fit(jsc_data_dir, 5, "--trainer.enable_model_summary", "true")
+    assert type(cli.trainer.progress_bar_callback) is StepTQDMProgressBar
+    assert [type(c) for c in cli.trainer.callbacks if isinstance(c, ModelSummary)] == [
+        NetworkSummary
+    ]

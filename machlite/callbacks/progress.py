@@ -80,6 +80,20 @@ _STEP_BARS: dict[type, type] = {
 }
 
 
+def plain_default_bar(trainer: pl.Trainer, configured: list | None) -> None:
+    """Keep Lightning's TQDM bar as the default even when the ``rich`` package is installed.
+
+    Lightning picks ``RichProgressBar`` whenever ``rich`` can be imported, so the same run
+    would look different on two machines. machlite draws the TQDM bar unless the config asks
+    for the Rich one (``--trainer.callbacks RichProgressBar``: ``configured`` has it).
+    """
+    if any(isinstance(c, RichProgressBar) for c in configured or []):
+        return
+    for i, callback in enumerate(trainer.callbacks):
+        if type(callback) is RichProgressBar:
+            trainer.callbacks[i] = TQDMProgressBar()
+
+
 def count_steps(trainer: pl.Trainer) -> None:
     """Make the trainer's progress bar count optimizer steps.
 

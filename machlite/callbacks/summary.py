@@ -19,7 +19,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelSummary
+from lightning.pytorch.callbacks import ModelSummary, RichModelSummary
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
@@ -123,7 +123,11 @@ class NetworkSummary(ModelSummary):
 
 
 def summarize_network(trainer: pl.Trainer) -> None:
-    """Turn the trainer's Lightning ``ModelSummary`` into :class:`NetworkSummary` in place."""
+    """Turn the trainer's Lightning ``ModelSummary`` into :class:`NetworkSummary` in place.
+
+    Also Lightning's default when the ``rich`` package is installed, ``RichModelSummary``
+    (whose table would list the metric objects again, without FLOPs, bits or BOPs).
+    """
     for callback in trainer.callbacks:
-        if type(callback) is ModelSummary:
+        if type(callback) in (ModelSummary, RichModelSummary):
             callback.__class__ = NetworkSummary

@@ -38,10 +38,12 @@ from torch.func import functional_call, grad
 from machlite._compat import compile_cache_hits
 from machlite.paths import compile_cache_dir
 
-#: Optimizer steps per compiled call. Compile time grows faster than linearly with it (on
-#: the 2-core machine, JSC-Tiny: about 30 s for 4 steps, 120 s for 16) while the time per
-#: step barely drops past 4 (docs/performance.md).
-GROUP = 4
+#: Optimizer steps per compiled call (fewer when ``steps_per_call`` is smaller). Each call
+#: has a fixed cost of about 0.8 ms on the 2-core machine (guards, the runtime wrapper,
+#: writing the results back), more than 8 JSC-Tiny steps of arithmetic at batch 32; compile
+#: time grows faster than the group (JSC-Tiny: about 30 s for 4 steps, 40 s for 8, 120 s for
+#: 16). docs/performance.md has the measurements.
+GROUP = 8
 
 Batch = tuple[Tensor, Tensor]
 
@@ -122,7 +124,12 @@ class CompiledSteps:
         self.from_cache = False
         self._shape: tuple[torch.Size, torch.Size] | None = None
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))
-        self._fn = torch.compile(self._steps, fullgraph=True, dynamic=False)
+        # Only the tensor guards: between calls of one fit nothing else the graph reads can
+        # change (the network's structure and mode, the constants above), and the other
+        # guards cost more than the JSC step's arithmetic. fits() holds the shapes fixed.
+        keep = getattr(torch.compiler, "keep_tensor_guards_unsafe", None)
+        options = {} if keep is None else {"guard_filter_fn": keep}
+        self._fn = torch.compile(self._steps, fullgraph=True, dynamic=False, options=options)
 
     def ready(self) -> bool:
         """Whether the optimizer state exists (torch creates it at the first eager step)."""
@@ -154,25 +161,46 @@ class CompiledSteps:
         Returns:
             ``(losses, outputs)``: a ``[GROUP]`` tensor and a ``[GROUP, B, classes]`` one.
         """
-        xs = torch.stack([x for x, _ in batches])
-        ys = torch.stack([y for _, y in batches])
-        scalars = torch.tensor(self._scalars(lrs), dtype=torch.float32, device=xs.device)
-        states = self._state_tensors()
-        buffers = list(self.network.buffers())
         if self.compile_seconds is None:
-            losses, outs = self._first_call(self.params, buffers, states, xs, ys, scalars)
-            self._shape = (batches[0][0].shape, batches[0][1].shape)
-        else:
-            with torch.no_grad():
-                losses, outs = self._fn(self.params, buffers, states, xs, ys, scalars)
+            self.compile(batches)
+        xs, ys, scalars = self._inputs(batches, lrs)
+        with torch.no_grad():
+            losses, outs = self._fn(
+                self.params, list(self.network.buffers()), self._state_tensors(), xs, ys, scalars
+            )
         if self.kind == "adam":
             for p in self.params:
                 self.optimizer.state[p]["step"] += self.group
         return losses, outs
 
+    def compile(self, batches: Sequence[Batch]) -> None:
+        """Trace and compile the graph (or load it from the disk cache); time it.
+
+        It runs once on copies of the weights, buffers and optimizer state, so if
+        ``torch.compile`` fails nothing has changed and the caller can train eagerly.
+
+        Args:
+            batches: A group of batches of the shape to compile for.
+        """
+        lrs = [[float(g["lr"]) for g in self.optimizer.param_groups]] * self.group
+        xs, ys, scalars = self._inputs(batches, lrs)
+        params = [nn.Parameter(p.detach().clone(), requires_grad=True) for p in self.params]
+        buffers = [b.clone() for b in self.network.buffers()]
+        states = [[t.clone() for t in s] for s in self._state_tensors()]
+        self._first_call(params, buffers, states, xs, ys, scalars)
+        self._shape = (batches[0][0].shape, batches[0][1].shape)
+
     # -- inside ------------------------------------------------------------------------------
-    def _first_call(self, *args: Any) -> tuple[Tensor, Tensor]:
-        """Trace and compile (or load from the on-disk cache), run once, time it.
+    def _inputs(
+        self, batches: Sequence[Batch], lrs: Sequence[Sequence[float]]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        xs = torch.stack([x for x, _ in batches])
+        ys = torch.stack([y for _, y in batches])
+        scalars = torch.tensor(self._scalars(lrs), dtype=torch.float32, device=xs.device)
+        return xs, ys, scalars
+
+    def _first_call(self, *args: Any) -> None:
+        """Call the compiled function the first time (it traces and compiles); time it.
 
         torch's caches go to :func:`machlite.paths.compile_cache_dir` (set in ``__init__``)
         unless ``TORCHINDUCTOR_CACHE_DIR`` says otherwise. The C++ toolchain's notice that a CPU
@@ -185,12 +213,11 @@ class CompiledSteps:
         start = time.perf_counter()
         try:
             with torch.no_grad():
-                result = self._fn(*args)
+                self._fn(*args)
         finally:
             quiet.setLevel(level)
         self.compile_seconds = time.perf_counter() - start
         self.from_cache = compile_cache_hits() > hits
-        return result
 
     def _scalars(self, lrs: Sequence[Sequence[float]]) -> list[list[list[float]]]:
         """Per step and parameter group: the update's scalars (see the module docstring)."""

@@ -40,6 +40,7 @@ from machlite import notices
 from machlite._compat import step_counter
 from machlite.accelerator import on_ipu
 from machlite.compiled import GROUP, CompiledSteps, group_lrs, unsupported_optimizer
+from machlite.errors import first_line
 from machlite.loggers import current_lr
 from machlite.paths import compile_cache_dir
 
@@ -268,36 +269,42 @@ class MultiStepEngine:
         schedulers = [c.scheduler for c in configs if c.interval == "step"]
         before_step, after_step = step_counter(optimizer)
         start = module.global_step
-        outs, losses = [], []
+        outs, losses = [], []  # per step (eager) or per group (compiled)
+        grouped = False
         shown = None
         i = 0
         while i < len(batches):
             chunk = self._compilable(batches[i:])
-            if chunk:
-                step_losses, step_outs, lrs = self._run_compiled(module, chunk, schedulers)
+            done = self._run_compiled(module, chunk, schedulers) if chunk else None
+            if done is not None:
+                step_losses, step_outs, lrs = done
                 for _ in chunk:
                     before_step()  # Lightning's optimizer-step counter
                     after_step()
+                losses.append(step_losses)
+                outs.append(step_outs.flatten(0, 1))
+                grouped = True
             else:
                 chunk = batches[i : i + 1]
                 x, y = chunk[0]
                 step_losses, step_outs = self._eager_step(module, optimizer, x, y)
                 lrs = [None]
+                losses.append(step_losses[0])
+                outs.append(step_outs[0])
             for k, (_, y) in enumerate(chunk):
-                # with this step's lr
-                loss, out, lr = step_losses[k], step_outs[k], lrs[k]
-                logged = self._log_step(module, start + i + k, loss, out, y, lr)
+                step = start + i + k
+                out = step_outs[k] if due(module.trainer, step) else None  # argmax when logged
+                logged = self._log_step(module, step, step_losses[k], out, y, lrs[k])
                 shown = shown if logged is None else logged
                 if lrs[k] is None:  # eager: step the schedulers after the step, as Lightning does
                     for scheduler in schedulers:
                         scheduler.step()
-            outs.extend(step_outs)
-            losses.extend(step_losses)
             i += len(chunk)
         show_loss(module, shown)
         sizes = [len(y) for _, y in batches]
         weights = torch.tensor(sizes, dtype=torch.float32, device=module.device)
-        module.train_loss.update(torch.stack(losses), weight=weights)
+        loss = torch.cat([t.reshape(-1) for t in losses]) if grouped else torch.stack(losses)
+        module.train_loss.update(loss, weight=weights)
         module.train_acc.update(torch.cat(outs), torch.cat([y for _, y in batches]))
 
     def epoch_end(self, module: pl.LightningModule) -> None:
@@ -342,12 +349,24 @@ class MultiStepEngine:
 
     def _run_compiled(
         self, module: pl.LightningModule, chunk: Sequence[Batch], schedulers: list[Any]
-    ) -> tuple[Tensor, Tensor, list[float]]:
-        """Run ``chunk`` through the compiled steps; report the compile time at the first call."""
+    ) -> tuple[Tensor, Tensor, list[float]] | None:
+        """Run ``chunk`` through the compiled steps; report the compile time at the first call.
+
+        Returns None, after one line saying why, when the graph cannot be compiled (a layer
+        torch.compile does not handle): this fit's steps then run eagerly.
+        """
         compiled = self.compiled
         raw = module.trainer.optimizers[0]
-        lrs = group_lrs(raw, schedulers, len(chunk))
         first = compiled.compile_seconds is None
+        if first:  # the schedulers are stepped only once the graph exists
+            try:
+                compiled.compile(chunk)
+            except Exception as err:  # noqa: BLE001 - whatever torch.compile cannot handle
+                self.compiled = None
+                reason = first_line(err)
+                notices.warn(module.trainer, f"model.compile: running eager steps: {reason}")
+                return None
+        lrs = group_lrs(raw, schedulers, len(chunk))
         losses, outs = compiled(chunk, lrs)
         if first:
             what = f"{compiled.group} steps of {type(module.network).__name__} at batch"
@@ -368,12 +387,13 @@ class MultiStepEngine:
         module: pl.LightningModule,
         step: int,
         loss: Tensor,
-        out: Tensor,
+        out: Tensor | None,
         y: Tensor,
         lr: float | None = None,
     ) -> float | None:
         """Log a step's loss, accuracy and lr when due; then call the task's step hooks.
 
+        ``out`` (the step's outputs) may be None when the step is not due to be logged;
         ``lr`` is the step's learning rate when the schedulers have already moved past it
         (compiled groups); None: the optimizer's current one.
 

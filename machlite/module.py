@@ -62,7 +62,7 @@ class Classifier(pl.LightningModule):
             Lightning's per-step hook dispatch (docs/performance.md). Use 1 for Trainer
             features that need automatic optimization (``accumulate_grad_batches``,
             ``gradient_clip_val``).
-        compile: Run the training steps compiled: each call's steps four at a time in one
+        compile: Run the training steps compiled: each call's steps eight at a time in one
             ``torch.compile`` graph with the optimizer update and BatchNorm's statistics
             (:mod:`machlite.compiled`), several times faster per step for the JSC networks,
             same results up to rounding. Compiling costs 30-120 s once per network, batch

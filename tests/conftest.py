@@ -61,6 +61,12 @@ def jsc_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def torch_compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One torch compile cache for every test that compiles (never the user's own)."""
+    return tmp_path_factory.mktemp("torch_compile")
+
+
 def run(args: list[str]) -> int:
     """Call the entrypoint in-process; return its exit code (0 when it returns)."""
     try:

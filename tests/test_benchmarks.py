@@ -72,3 +72,25 @@ def test_startup_benchmark_writes_every_ratio(tmp_path: Path) -> None:
             results[f"startup_{name}_s"] / results["startup_import_torch_s"]
         )
     assert results["rounds"] == 1
+
+
+@pytest.mark.slow
+def test_compiled_benchmark_merges_its_ratios_into_the_json(
+    tmp_path: Path, torch_compile_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the steady-state part shares the tests' compile cache; the whole fits use their own
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(torch_compile_cache))
+    out = tmp_path / "jsc.json"
+    out.write_text(json.dumps({"jsc_bs200_plain_s": 1.5, "env_torch": "earlier run"}))
+    args = ["--jets", "4000", "--repeats", "1", "--batch-sizes", "200", "--configs", "jsc_tiny"]
+    results = _run("jsc_compiled.py", args, out)
+    assert results["jsc_bs200_plain_s"] == 1.5 and results["env_torch"] == "earlier run"
+    assert results["compiled_env_cpu_count"] >= 1 and results["compiled_train_jets"] > 2000
+    assert results["jsc_bs200_compiled_over_plain"] == pytest.approx(
+        results["jsc_bs200_compiled_train_s"] / results["jsc_bs200_compiled_run_plain_s"]
+    )
+    assert results["jsc_bs200_compiled_over_machlite_eager"] > 0
+    for name in ("first", "cached"):
+        assert results[f"jsc_tiny_fit_compiled_{name}_over_eager"] == pytest.approx(
+            results[f"jsc_tiny_fit_compiled_{name}_s"] / results["jsc_tiny_fit_eager_s"]
+        )

@@ -331,3 +331,24 @@ def test_partial_groups_do_not_recompile_and_cache_serves_a_second_process(
     assert "model.compile: 8 steps of JSCTiny at batch 200 loaded from the compile cache" in (
         done.stdout
     ), done.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_compiled_fit_resumes_like_an_uninterrupted_one(
+    jsc_20k: Path, compile_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One compiled epoch, then ``--ckpt_path last`` to two: the weights of two epochs in one
+    go (the optimizer state and the schedule come back from the checkpoint)."""
+    monkeypatch.chdir(tmp_path)
+    two = [*SETTINGS["jsc_tiny"], "--trainer.max_epochs", "2"]
+    whole = _config_fit("jsc_tiny", jsc_20k, True, *two, "--run_name", "whole")
+    one = [*SETTINGS["jsc_tiny"], "--trainer.max_epochs", "1", "--run_name", "resumed"]
+    _config_fit("jsc_tiny", jsc_20k, True, *one)
+    resumed = _config_fit(
+        "jsc_tiny", jsc_20k, True, *two, "--run_name", "resumed", "--ckpt_path", "last"
+    )
+    assert resumed.model.engine.compiled is not None
+    assert resumed.trainer.global_step == whole.trainer.global_step
+    ours, theirs = resumed.model.state_dict(), whole.model.state_dict()
+    for key in theirs:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-6, msg=key)

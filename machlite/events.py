@@ -19,6 +19,8 @@ TRAIN_LOSS = "train/loss"
 TRAIN_LOSS_EPOCH = "train/loss_epoch"
 VAL_ACC = "val/acc"
 TEST_ACC = "test/acc"
+#: The tag of the HPARAMS entry's settings (TensorBoard's hparams plugin).
+HPARAMS_SESSION = "_hparams_/session_start_info"
 _SEED_DIR = re.compile(r"seed_(-?\d+)$")
 
 
@@ -31,12 +33,15 @@ class RunData:
         name: Its name relative to the folder it was found under (TensorBoard's run name).
         scalars: Tag to ``[(step, value, wall_time), ...]`` sorted by step.
         first_event_time: Wall time of the event file's first event (the writer's start).
+        hparams: The settings of its HPARAMS entry (machlite.callbacks.HParamsLogger), e.g.
+            ``optimizer.lr``, ``model.bits``, ``model.bops``; empty when it has none.
     """
 
     path: Path
     name: str
     scalars: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
     first_event_time: float | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
 
     def values(self, tag: str) -> list[float]:
         """The values of ``tag`` in step order (empty when the run did not log it)."""
@@ -72,8 +77,29 @@ def load_events(run_dir: str | Path, scalars_only: bool = False) -> Any:
     return EventAccumulator(str(run_dir), size_guidance=keep).Reload()
 
 
+def session_hparams(acc: Any) -> dict[str, Any]:
+    """The settings of a loaded accumulator's HPARAMS entry (the last one), else ``{}``.
+
+    Args:
+        acc: What :func:`load_events` returned.
+    """
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    try:
+        content = acc.PluginTagToContent("hparams")[HPARAMS_SESSION]
+    except KeyError:  # no HPARAMS entry
+        return {}
+    data = plugin_data_pb2.HParamsPluginData.FromString(content)
+    out: dict[str, Any] = {}
+    for name, value in data.session_start_info.hparams.items():
+        kind = value.WhichOneof("kind")
+        if kind in ("number_value", "string_value", "bool_value"):
+            out[name] = getattr(value, kind)
+    return out
+
+
 def read_run(run_dir: Path, name: str | None = None) -> RunData:
-    """Load every scalar of the event files directly in ``run_dir``.
+    """Load every scalar of the event files directly in ``run_dir``, and its HPARAMS entry.
 
     Args:
         run_dir: A run folder.
@@ -88,7 +114,7 @@ def read_run(run_dir: Path, name: str | None = None) -> RunData:
         first = acc.FirstEventTimestamp()
     except ValueError:
         first = None
-    return RunData(Path(run_dir), name or Path(run_dir).name, scalars, first)
+    return RunData(Path(run_dir), name or Path(run_dir).name, scalars, first, session_hparams(acc))
 
 
 def find_runs(root: Path) -> list[RunData]:

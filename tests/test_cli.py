@@ -18,6 +18,12 @@ from .conftest import CONFIGS, run, synthetic
 
 JSC_CONFIGS = sorted(p.name for p in CONFIGS.glob("jsc_*.yaml"))
 MNIST_CONFIGS = sorted(p.name for p in CONFIGS.glob("mnist*.yaml"))
+#: The QAT configs: the files of configs/quant/ that are whole machlite configs.
+QAT_CONFIGS = sorted(
+    f"quant/{p.name}"
+    for p in CONFIGS.glob("quant/*.yaml")
+    if "model" in yaml.safe_load(p.read_text())
+)
 
 
 def test_every_config_is_covered() -> None:
@@ -29,6 +35,12 @@ def test_every_config_is_covered() -> None:
         "mnist.yaml",
         "mnist_graphcore.yaml",
     } <= set(JSC_CONFIGS + MNIST_CONFIGS)
+    assert {
+        "quant/jsc_tiny_qat.yaml",
+        "quant/jsc_toy_qat.yaml",
+        "quant/jsc_will_qat.yaml",
+        "quant/mnist_qat.yaml",
+    } <= set(QAT_CONFIGS)
 
 
 #: Warnings a normal run may show, each because it tells the user something true.
@@ -38,13 +50,14 @@ ALLOWED_WARNINGS = (
 )
 
 
-@pytest.mark.parametrize("config", JSC_CONFIGS + MNIST_CONFIGS)
+@pytest.mark.parametrize("config", JSC_CONFIGS + MNIST_CONFIGS + QAT_CONFIGS)
 def test_config_runs_quietly(
     config: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """fast_dev_run of every config on CPU (synthetic JSC, or the real MNIST copy): no
-    unexpected warning, no advertising, and the network's exact-parameter summary."""
-    if config.startswith("jsc_"):
+    """fast_dev_run of every config, the QAT ones included, on CPU (synthetic JSC, or the
+    real MNIST copy): no unexpected warning, no advertising, and the network's
+    exact-parameter summary."""
+    if Path(config).name.startswith("jsc_"):
         data = synthetic(request.getfixturevalue("jsc_data_dir"))
     else:
         data = ["--data.data_dir", str(request.getfixturevalue("mnist_dir"))]

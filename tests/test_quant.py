@@ -233,7 +233,10 @@ def test_cost_of_a_convolution_counts_every_output_pixel() -> None:
 # -- configs/quant -------------------------------------------------------------------------------
 def test_configs_quant_exist() -> None:
     names = {p.name for p in QUANT_CONFIGS}
-    assert {"int16_8.yaml", "int8_4.yaml", "int4_2.yaml", "jsc_tiny_qat.yaml"} <= names
+    assert {"int16_8.yaml", "int8_4.yaml", "int4_2.yaml"} <= names
+    # a QAT config per network
+    qat = {"jsc_tiny_qat.yaml", "jsc_toy_qat.yaml", "jsc_will_qat.yaml", "mnist_qat.yaml"}
+    assert qat <= names
 
 
 @pytest.mark.parametrize("path", QUANT_CONFIGS, ids=lambda p: p.name)
@@ -250,16 +253,13 @@ def test_every_quant_config_loads_and_applies(path: Path) -> None:
     [p for p in QUANT_CONFIGS if "model" in yaml.safe_load(p.read_text())],
     ids=lambda p: p.name,
 )
-def test_qat_configs_run(path: Path, jsc_data_dir: Path) -> None:
-    args = [
-        "fit",
-        "--config",
-        str(path),
-        *synthetic(jsc_data_dir),
-        *QUIET,
-        "--trainer.fast_dev_run",
-        "2",
-    ]
+def test_qat_configs_run(path: Path, request: pytest.FixtureRequest) -> None:
+    """Every QAT config fits: JSC ones on synthetic data, MNIST on the real MNIST copy."""
+    if path.name.startswith("mnist"):
+        data = ["--data.data_dir", str(request.getfixturevalue("mnist_dir"))]
+    else:
+        data = synthetic(request.getfixturevalue("jsc_data_dir"))
+    args = ["fit", "--config", str(path), *data, *QUIET, "--trainer.fast_dev_run", "2"]
     assert run(args) == 0
 
 

@@ -139,6 +139,9 @@ def test_sweep_file_parses_expands_and_its_first_run_is_a_valid_fit(
             node = printed
             for part in key.split("."):
                 node = node[part] if part in node else node["init_args"][part]
+            if isinstance(block_value(value), dict) and "class_path" not in block_value(value):
+                assert node == block_value(value)  # a mapping, e.g. a fixed-point format
+                continue
             node = node["class_path"] if isinstance(node, dict) else node
             assert str(node) == value or float(node) == float(value)
 
@@ -309,6 +312,57 @@ def test_plot_a_single_run_folder(fake_sweep: tuple[Sweep, list[Run]], tmp_path:
     # a setting folder with several seeds: one line per seed run
     assert run(["plot", str(one.parent)]) == 0
     assert (one.parent / "plots" / "curves.png").is_file()
+
+
+def test_width_sweep_summary_gives_bits_and_bops_beside_accuracy(
+    tmp_path: Path, jsc_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """configs/sweeps/jsc_tiny_widths.yaml at (8, 4) and (4, 2), one short QAT fit each on
+    SYNTHETIC data: summary.md and summary.csv give each width's model bits and BOPs."""
+    sweep, _ = parse_sweep(
+        [
+            "--sweep",
+            str(CONFIGS / "sweeps" / "jsc_tiny_widths.yaml"),
+            "--seeds",
+            "0",
+            "--sweep_dir",
+            str(tmp_path / "widths"),
+            *synthetic(jsc_data_dir),
+            "--trainer.max_epochs",
+            "1",
+            "--lr_scheduler.init_args.T_max",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    key = "model.quantization.by_type.linear.weight"
+    widths = {yaml.safe_load(v)["width"]: v for v in sweep.grid[key]}
+    assert set(widths) == {16, 8, 4}
+    sweep.grid[key] = [widths[8], widths[4]]
+    runs = expand(sweep)
+    for r in runs:
+        run_job(Runner(sweep).job(r))
+    capsys.readouterr()
+    report(sweep, runs, failed=[])
+    with open(sweep.sweep_dir / "summary.csv") as f:
+        rows = {row["setting"]: row for row in csv.DictReader(f)}
+    # JSC-Tiny: Linear(16, 5) at the width, BatchNorm1d(16) float (32 x 32 bits)
+    # (8, 4): 80 x 8 + 5 x 8 + 1,024 bits; 5 x 16 x (8 x 8 + 8 + 8 + log2 16) BOPs
+    # (4, 2): 80 x 4 + 5 x 4 + 1,024 bits; 5 x 16 x (4 x 4 + 4 + 4 + log2 16) BOPs
+    eight, four = rows["weight=width_8_frac_width_4"], rows["weight=width_4_frac_width_2"]
+    assert (eight["params"], eight["bits"], eight["bops"]) == ("117", "1704", "6720")
+    assert (four["params"], four["bits"], four["bops"]) == ("117", "1364", "2240")
+    assert 0.0 < float(four["test_acc_mean"]) <= 1.0
+    md = (sweep.sweep_dir / "summary.md").read_text()
+    assert "SYNTHETIC DATA" in md
+    header = next(line for line in md.splitlines() if line.startswith("| setting |"))
+    assert header.endswith("| s/epoch | params | bits | BOPs | vs best |")
+    table = {line.split(" | ")[0]: line for line in md.splitlines() if line.startswith("| `")}
+    assert "| 117 | 1,704 | 6,720 |" in table["| `weight=width_8_frac_width_4`"]
+    assert "| 117 | 1,364 | 2,240 |" in table["| `weight=width_4_frac_width_2`"]
+    with open(sweep.sweep_dir / "runs.csv") as f:
+        assert sorted(int(r["bops"]) for r in csv.DictReader(f)) == [2240, 6720]
 
 
 # -- early stopping ------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ METRIC_TITLES = {
     "epochs_to_best": "epochs to best",
     "sec_per_epoch": "s/epoch",
 }
+#: The network's cost, from each run's HPARAMS entry (machlite.callbacks.HParamsLogger):
+#: model size in bits and BOPs per sample, at the run's quantized formats.
+COST = {"bits": "model.bits", "bops": "model.bops"}
 
 
 def stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -45,7 +48,8 @@ def summarize(sweep: Sweep, runs: list[Run]) -> tuple[list[dict[str, Any]], list
     Returns:
         ``(run_rows, setting_rows)``. A setting row has ``setting``, the short key of each
         swept parameter, ``n``, ``seeds``, ``<metric>_mean`` and ``<metric>_std`` for each of
-        METRICS, and ``params``.
+        METRICS, ``params``, and ``bits`` and ``bops`` (the network's cost, see COST; None
+        where a run logged none, or the seeds disagree).
     """
     names = short_keys(list(sweep.grid))
     run_rows: list[dict[str, Any]] = []
@@ -54,13 +58,15 @@ def summarize(sweep: Sweep, runs: list[Run]) -> tuple[list[dict[str, Any]], list
         done = read_done(run_dir)
         if done is None:
             continue
-        metrics = run_metrics(read_run(run_dir, run.name))
+        data = read_run(run_dir, run.name)
+        cost = {k: data.hparams.get(tag) for k, tag in COST.items()}
         run_rows.append(
             {
                 "setting": run.setting,
                 "seed": run.seed,
-                **metrics,
+                **run_metrics(data),
                 "params": done.get("params"),
+                **{k: None if v is None else round(v) for k, v in cost.items()},
                 "fit_seconds": done.get("fit_seconds"),
             }
         )
@@ -77,8 +83,9 @@ def summarize(sweep: Sweep, runs: list[Run]) -> tuple[list[dict[str, Any]], list
         for metric in METRICS:
             found = [r[metric] for r in rows if r[metric] is not None]
             row[f"{metric}_mean"], row[f"{metric}_std"] = stats(found)
-        params = {r["params"] for r in rows}
-        row["params"] = params.pop() if len(params) == 1 else None
+        for key in ("params", *COST):  # one value per setting, else None
+            same = {r[key] for r in rows}
+            row[key] = same.pop() if len(same) == 1 else None
         setting_rows.append(row)
     return run_rows, setting_rows
 
@@ -163,13 +170,15 @@ def summary_markdown(
     has_test = any(r["test_acc_mean"] is not None for r in setting_rows)
     metric = "test_acc" if has_test else "val_acc_best"
     marks = _versus_best(setting_rows, metric)
-    header = ["setting", "seeds", *(METRIC_TITLES[m] for m in METRICS), "params", "vs best"]
+    titles = [METRIC_TITLES[m] for m in METRICS]
+    header = ["setting", "seeds", *titles, "params", "bits", "BOPs", "vs best"]
     lines += ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 2) + "|---|"]
     for row in setting_rows:
         cells = [f"`{row['setting']}`", str(row["n"])]
         for m in METRICS:
             cells.append(_mean_std(row, m, 4 if "acc" in m else 1 if m == "epochs_to_best" else 2))
-        cells.append("–" if row["params"] is None else f"{row['params']:,}")
+        for key in ("params", *COST):
+            cells.append("–" if row[key] is None else f"{row[key]:,}")
         cells.append(marks.get(row["setting"], ""))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -177,7 +186,9 @@ def summary_markdown(
         "Each cell is the mean ± the sample standard deviation (n−1) over the seeds. "
         "test/acc is the checkpoint with the best val/acc, evaluated on the test split. "
         "Epochs to best counts from 1. s/epoch is the wall time between validations, "
-        "from the event files (runs sharing the CPU under --jobs are slower).",
+        "from the event files (runs sharing the CPU under --jobs are slower). "
+        "bits is the model size and BOPs the bit operations per sample, at the run's "
+        "quantized formats (float layers at 32 bits), from its HPARAMS entry.",
         f'"vs best": the setting with the best mean {METRIC_TITLES[metric]}, and the ones '
         "whose mean is within two standard errors of it, i.e. not distinguishable from it "
         "with these seeds. Needs at least two seeds per setting.",

@@ -165,7 +165,11 @@ def _fit(
         "accelerator": "cpu",
         "devices": 1,
     }
-    pl.Trainer(**{**settings, **trainer}).fit(model, datamodule=data)
+    try:
+        pl.Trainer(**{**settings, **trainer}).fit(model, datamodule=data)
+    finally:  # the DDP case: later tests in this process must not see a process group
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return model
 
 

@@ -266,11 +266,12 @@ SETTINGS = {
     "jsc_tiny": ["--data.batch_size", "200"],
     "jsc_toy": ["--model.steps_per_call", "4"],
     "jsc_will": ["--model.steps_per_call", "4"],
+    "quant/jsc_tiny_qat": ["--data.batch_size", "200"],  # quantization-aware: fake-quant ops
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["jsc_tiny", "jsc_toy"])
+@pytest.mark.parametrize("config", ["jsc_tiny", "jsc_toy", "quant/jsc_tiny_qat"])
 def test_compiled_epoch_equals_eager(config: str, jsc_20k: Path, compile_cache: Path) -> None:
     """One epoch (SYNTHETIC data): the same steps; weights, outputs and epoch metrics equal
     to rtol 1e-4 (JSC-Toy's rounding-driven biases: see :func:`_rounding_driven`)."""

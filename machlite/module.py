@@ -65,10 +65,11 @@ class Classifier(pl.LightningModule):
         compile: Run the training steps compiled: each call's steps eight at a time in one
             ``torch.compile`` graph with the optimizer update and BatchNorm's statistics
             (:mod:`machlite.compiled`), several times faster per step for the JSC networks,
-            same results up to rounding. Compiling costs 30-120 s once per network, batch
-            size and machine (cached on disk); it pays for long or repeated runs
-            (docs/performance.md). Needs ``steps_per_call`` >= 2, one device, 32-bit, and
-            Adam, AdamW or SGD; elsewhere the run says why in one line and trains eagerly.
+            same results up to rounding. Compiling costs about 40 s (JSC-Tiny) to 2 minutes
+            (JSC-Will) once per network, batch size and machine (cached on disk); it pays
+            for long or repeated runs (docs/performance.md). Needs ``steps_per_call`` >= 2,
+            one device, 32-bit, and Adam, AdamW or SGD; elsewhere the run says why in one
+            line and trains eagerly.
         quantization: Fixed-point formats for the network's layers (the QAT hook,
             docs/quantization.md). The network is replaced by
             :func:`machlite.quant.quantize_network`'s copy in ``__init__``, so training is

@@ -26,7 +26,7 @@ use of Lightning's private state, the optimizer-step counter, goes through
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -274,7 +274,7 @@ class MultiStepEngine:
         shown = None
         i = 0
         while i < len(batches):
-            chunk = self._compilable(batches[i:])
+            chunk = self._compilable(batches, i)
             done = self._run_compiled(module, chunk, schedulers) if chunk else None
             if done is not None:
                 step_losses, step_outs, lrs = done
@@ -287,7 +287,9 @@ class MultiStepEngine:
             else:
                 chunk = batches[i : i + 1]
                 x, y = chunk[0]
-                step_losses, step_outs = self._eager_step(module, optimizer, x, y)
+                step_losses, step_outs = self._eager_step(
+                    module, optimizer, x, y, (before_step, after_step)
+                )
                 lrs = [None]
                 losses.append(step_losses[0])
                 outs.append(step_outs[0])
@@ -316,14 +318,22 @@ class MultiStepEngine:
         sync_buffers(module)
 
     def _eager_step(
-        self, module: pl.LightningModule, optimizer: Any, x: Tensor, y: Tensor
+        self,
+        module: pl.LightningModule,
+        optimizer: Any,
+        x: Tensor,
+        y: Tensor,
+        counter: tuple[Callable[[], None], Callable[[], None]],
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """One eager optimizer step (fast path or through Lightning); detached loss and output."""
+        """One eager optimizer step (fast path or through Lightning); detached loss and output.
+
+        ``counter`` is :func:`~machlite._compat.step_counter`'s pair, fetched once per call.
+        """
         self._stepped = True
         out = module.network(x)
         loss = module.loss_fn(out, y)
         if self.fast:
-            before_step, after_step = step_counter(optimizer)
+            before_step, after_step = counter
             optimizer.optimizer.zero_grad()
             loss.backward()
             before_step()  # Lightning's optimizer-step counter
@@ -335,8 +345,8 @@ class MultiStepEngine:
             optimizer.step()
         return [loss.detach()], [out.detach()]
 
-    def _compilable(self, batches: Sequence[Batch]) -> Sequence[Batch]:
-        """The next group of batches to run compiled, or an empty list (run one eagerly).
+    def _compilable(self, batches: Sequence[Batch], start: int) -> Sequence[Batch]:
+        """The group of batches from ``start`` to run compiled, or [] (run one eagerly).
 
         A fit's first step is eager: it creates the optimizer's state, and torch's LR
         schedulers expect a real ``optimizer.step()`` before their first ``step()``.
@@ -344,7 +354,7 @@ class MultiStepEngine:
         compiled = self.compiled
         if compiled is None or not self._stepped or not compiled.ready():
             return []
-        chunk = batches[: compiled.group]
+        chunk = batches[start : start + compiled.group]
         return chunk if compiled.fits(chunk) else []
 
     def _run_compiled(

@@ -53,17 +53,23 @@ def machlite_epoch(
     extra = ["--trainer.max_epochs", "1", "--trainer.num_sanity_val_steps", "0"]
     if not validate:
         extra += ["--trainer.limit_val_batches", "0"]
+    timer = EpochTimer(profiler)
+    timed_fit([*args, *extra], timer)
+    return timer.seconds
+
+
+def timed_fit(args: list[str], timer: Callback) -> MachliteCLI:
+    """Fit machlite with ``args`` (the CLI's code path) and ``timer`` among its callbacks."""
     cli = MachliteCLI(
         model_class=Classifier,
         datamodule_class=InMemoryDataModule,
         subclass_mode_data=True,
-        args=[*args, *extra],
+        args=args,
         run=False,
     )
-    timer = EpochTimer(profiler)
     cli.trainer.callbacks.append(timer)
     cli.trainer.fit(cli.model, cli.datamodule)
-    return timer.seconds
+    return cli
 
 
 def jsc_cli_args(

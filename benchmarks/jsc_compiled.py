@@ -34,15 +34,14 @@ from common import (  # noqa: E402
     machlite_epoch,
     plain_epoch,
     report,
+    timed_fit,
 )
 from jsc_epoch import jsc_parser, setup_seconds  # noqa: E402
 
 from machlite.accelerator import stop_gpu_probe  # noqa: E402
 from machlite.atomic import atomic_write_json  # noqa: E402
-from machlite.cli import MachliteCLI  # noqa: E402
-from machlite.datasets import InMemoryDataModule, JSCDataModule  # noqa: E402
+from machlite.datasets import JSCDataModule  # noqa: E402
 from machlite.models import NETWORKS  # noqa: E402
-from machlite.module import Classifier  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 #: The issue's bound on compiled machlite's steady-state epoch over the plain eager loop's.
@@ -67,16 +66,8 @@ def compiled_epoch(args: list[str]) -> float:
     """A steady-state training epoch of compiled machlite (the CLI's code path)."""
     extra = ["--trainer.max_epochs", "2", "--trainer.limit_val_batches", "0"]
     extra += ["--trainer.num_sanity_val_steps", "0", "--model.compile", "true"]
-    cli = MachliteCLI(
-        model_class=Classifier,
-        datamodule_class=InMemoryDataModule,
-        subclass_mode_data=True,
-        args=[*args, *extra],
-        run=False,
-    )
     timer = SecondEpochTimer()
-    cli.trainer.callbacks.append(timer)
-    cli.trainer.fit(cli.model, cli.datamodule)
+    cli = timed_fit([*args, *extra], timer)
     if cli.model.engine.compiled is None:
         raise SystemExit("the compiled path did not apply: see the warning above")
     return timer.seconds

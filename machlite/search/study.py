@@ -212,18 +212,27 @@ def load_study(
     """
     optuna = require_optuna()
     directions = list(space.objectives.values())
-    study = optuna.create_study(
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        study_name=name,
-        directions=directions,
-        load_if_exists=True,
-    )
-    stored = study.user_attrs.get("machlite_signature")
-    if stored is None:
-        study.set_user_attr("machlite_signature", signature)
-    elif stored != signature:
+    for attempt in range(5):
+        try:
+            study = optuna.create_study(
+                storage=storage,
+                sampler=sampler,
+                pruner=pruner,
+                study_name=name,
+                directions=directions,
+                load_if_exists=True,
+            )
+            stored = study.user_attrs.get("machlite_signature")
+            if stored is None:
+                study.set_user_attr("machlite_signature", signature)
+            break
+        except Exception as err:  # noqa: BLE001
+            # two workers creating the study or its signature at once: one loses the
+            # race (a unique-key violation); it reads what the other wrote, once again
+            if attempt == 4 or not _CREATE_RACE.search(str(err)):
+                raise
+            time.sleep(0.5 + attempt)
+    if stored is not None and stored != signature:
         changed = sorted(k for k in signature if stored.get(k) != signature[k])
         raise ConfigError(
             f"study {name!r} in this storage was made with other settings ({', '.join(changed)} "

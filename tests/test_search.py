@@ -428,13 +428,47 @@ def test_a_search_killed_mid_trial_continues_without_losing_or_repeating_trials(
     assert [r["state"] for r in rows] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
 
 
+def test_a_trial_another_worker_has_just_asked_for_is_not_stale() -> None:
+    from optuna.trial import TrialState
+
+    from machlite.search.study import fail_stale_trials, owner
+
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s")
+    just_asked = study.ask()  # no owner or heartbeat yet: another worker is about to set them
+    alive = study.ask()
+    alive.set_user_attr("machlite_owner", owner())
+    alive.set_user_attr("machlite_heartbeat", time.time())
+    gone_here = study.ask()  # this host, a pid that does not exist
+    gone_here.set_user_attr("machlite_owner", f"{socket.gethostname()}:{2**22 + 12345}")
+    gone_elsewhere = study.ask()  # another host, silent for an hour
+    gone_elsewhere.set_user_attr("machlite_owner", "elsewhere:1")
+    gone_elsewhere.set_user_attr("machlite_heartbeat", time.time() - 3600)
+
+    assert fail_stale_trials(study, storage) == [gone_here.number, gone_elsewhere.number]
+    assert [t.state for t in study.trials] == [
+        TrialState.RUNNING,
+        TrialState.RUNNING,
+        TrialState.FAIL,
+        TrialState.FAIL,
+    ]
+    assert just_asked.number == 0
+
+
 def _two_searches_share(args: list[str], storage: str, tmp_path: Path, trials: int) -> None:
     """Two `machlite search` processes on one storage run disjoint trials adding up to
     ``trials``."""
     shared = [*args, "--storage", storage, "--study", "shared", "--trials", str(trials)]
     procs = [cli([*shared, "--search_dir", str(tmp_path / f"worker{i}")]) for i in range(2)]
     outs = [p.communicate(timeout=900)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    if [p.returncode for p in procs] != [0, 0]:  # the whole of each worker's output
+        pytest.fail(
+            "".join(
+                f"worker {i} exited {p.returncode}:\n{out}\n"
+                for i, (p, out) in enumerate(zip(procs, outs, strict=True))
+            ),
+            pytrace=False,
+        )
     from machlite.search.study import open_storage
 
     study = optuna.load_study(study_name="shared", storage=open_storage(storage))

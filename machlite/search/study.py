@@ -272,7 +272,8 @@ def _owner_is_dead(name: str | None, beat: float | None, now: float) -> bool:
 
 def fail_stale_trials(study: Any, storage: Any) -> list[int]:
     """Mark FAIL the RUNNING trials whose search process is gone: on this host, a process
-    that no longer exists; elsewhere, no heartbeat for :data:`STALE_AFTER` seconds.
+    that no longer exists; elsewhere, no heartbeat for :data:`STALE_AFTER` seconds. A trial
+    with no owner yet (another worker has just asked for it) counts from its start.
 
     Returns:
         Their numbers.
@@ -283,7 +284,10 @@ def fail_stale_trials(study: Any, storage: Any) -> list[int]:
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
-        if not _owner_is_dead(attrs.get(OWNER), attrs.get(HEARTBEAT), now):
+        # a trial another worker has just asked for has no owner or heartbeat yet: until
+        # it has, its start time is its heartbeat (Optuna stores it as naive local time)
+        started = trial.datetime_start.timestamp() if trial.datetime_start else None
+        if not _owner_is_dead(attrs.get(OWNER), attrs.get(HEARTBEAT, started), now):
             continue
         storage.set_trial_user_attr(
             trial_id(storage, study.study_name, trial.number),

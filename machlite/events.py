@@ -21,6 +21,10 @@ VAL_ACC = "val/acc"
 TEST_ACC = "test/acc"
 #: The tag of the HPARAMS entry's settings (TensorBoard's hparams plugin).
 HPARAMS_SESSION = "_hparams_/session_start_info"
+#: The network's cost in the HPARAMS entry (machlite.callbacks.HParamsLogger): model size in
+#: bits and bit operations (BOPs) per sample, at the run's quantized formats.
+MODEL_BITS = "model.bits"
+MODEL_BOPS = "model.bops"
 _SEED_DIR = re.compile(r"seed_(-?\d+)$")
 
 

@@ -10,6 +10,11 @@ For a sweep, settings named ``key=value,...`` give one figure per swept paramete
 combination of the other swept parameters. Any other folder (a single run, or
 ``runs/<experiment>`` with several versions) gives ``plots/curves.png`` with one line per
 run.
+
+When the settings differ in the network's cost (``model.bops`` in each run's HPARAMS entry,
+e.g. a sweep over quantization widths), ``plots/accuracy_vs_bops.png`` adds one labelled
+point per setting: its final validation accuracy (mean over the seeds, bar from the minimum
+to the maximum) against its BOPs per sample, on a log scale.
 """
 
 import math
@@ -21,6 +26,7 @@ import numpy as np
 from machlite.atomic import atomic_path
 from machlite.errors import ConfigError, PlainArgumentParser
 from machlite.events import (
+    MODEL_BOPS,
     TRAIN_LOSS,
     TRAIN_LOSS_EPOCH,
     VAL_ACC,
@@ -28,6 +34,7 @@ from machlite.events import (
     find_runs,
     is_synthetic,
     parse_setting,
+    run_metrics,
     setting_of,
 )
 
@@ -104,14 +111,20 @@ def _draw(axes: Sequence, lines: list[tuple[str, list[RunData]]], colors: list) 
     axes[1].legend(fontsize="small", title=title, title_fontsize="small", loc="best")
 
 
-def _figure(
-    rows: list[tuple[str, list[tuple[str, list[RunData]]]]], title: str, colors: dict[str, object]
-) -> object:
+def _pyplot() -> object:
+    """``matplotlib.pyplot`` on the Agg backend (files only, no window)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _figure(
+    rows: list[tuple[str, list[tuple[str, list[RunData]]]]], title: str, colors: dict[str, object]
+) -> object:
+    plt = _pyplot()
     fig, axes = plt.subplots(
         len(rows), 2, figsize=(11, 3.6 * len(rows) + 0.6), squeeze=False, sharey="col"
     )
@@ -131,6 +144,77 @@ def _colors(labels: list[str]) -> dict[str, object]:
     n = max(len(labels) - 1, 1)
     pick = (lambda i: cmap(i)) if len(labels) <= 10 else (lambda i: cmap(i / n))
     return {label: pick(i) for i, label in enumerate(labels)}
+
+
+def bops_points(settings: Settings) -> list[tuple[str, float, list[float]]]:
+    """Each setting's BOPs per sample and the final val/acc of each of its runs.
+
+    A setting's BOPs is its runs' ``model.bops`` (HPARAMS entry). Settings whose runs logged
+    none, or disagree (as the sweep's summary leaves them blank), or have no val/acc are left
+    out.
+
+    Returns:
+        ``[(setting, bops, [final val/acc per run]), ...]`` in the settings' order.
+    """
+    points = []
+    for label, runs in settings.items():
+        bops = {run.hparams.get(MODEL_BOPS) for run in runs}
+        finals = [run_metrics(run)["val_acc_final"] for run in runs]
+        finals = [acc for acc in finals if acc is not None]
+        value = bops.pop() if len(bops) == 1 else None
+        if isinstance(value, int | float) and value > 0 and finals:
+            points.append((label, float(value), finals))
+    return points
+
+
+def plot_accuracy_vs_bops(settings: Settings, path: Path, title: str) -> Path | None:
+    """Draw the final val/acc of each setting against its BOPs per sample (log scale).
+
+    One labelled point per setting: the mean over its runs, with a bar from the lowest to
+    the highest.
+
+    Args:
+        settings: Runs grouped by setting (:func:`group_runs`).
+        path: The PNG to write.
+        title: Figure title prefix.
+
+    Returns:
+        ``path``, or None (nothing written) when the settings do not differ in BOPs, or no
+        setting's BOPs is known.
+    """
+    points = bops_points(settings)
+    if len({bops for _, bops, _ in points}) < 2:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colors = _colors([label for label, _, _ in points])
+    most = max(bops for _, bops, _ in points)
+    for label, bops, accs in points:
+        mean = float(np.mean(accs))
+        yerr = [[mean - min(accs)], [max(accs) - mean]]
+        ax.errorbar([bops], [mean], yerr=yerr, fmt="o", color=colors[label], capsize=4)
+        seeds = f" ({len(accs)} seeds)" if len(accs) > 1 else ""
+        left = bops == most  # the rightmost labels go left of their point, inside the axes
+        ax.annotate(
+            label + seeds,
+            (bops, mean),
+            xytext=(-6 if left else 6, 6),
+            textcoords="offset points",
+            ha="right" if left else "left",
+            fontsize="small",
+        )
+    ax.set_xscale("log")
+    ax.margins(x=0.15, y=0.15)
+    ax.set_xlabel("BOPs per sample (log scale)")
+    ax.set_ylabel("final validation accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+    if any(len(accs) > 1 for _, _, accs in points):
+        ax.set_title("point: mean over seeds; bar: min to max", fontsize="small", loc="left")
+    fig.suptitle(f"{title}: accuracy vs BOPs")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
 
 
 def plot_runs(root: Path, out_dir: Path | None = None, title: str | None = None) -> list[Path]:
@@ -167,7 +251,8 @@ def _save(fig: object, path: Path) -> None:
 
 
 def draw(runs: Sequence[RunData], out_dir: Path, title: str) -> list[Path]:
-    """Draw the figures for ``runs`` (named ``<setting>/seed_N`` or freely) into ``out_dir``.
+    """Draw the figures for ``runs`` (named ``<setting>/seed_N`` or freely) into ``out_dir``:
+    the learning curves, then ``accuracy_vs_bops.png`` where the settings differ in BOPs.
 
     Returns:
         The PNG files written.
@@ -176,8 +261,7 @@ def draw(runs: Sequence[RunData], out_dir: Path, title: str) -> list[Path]:
     if any(is_synthetic(run.path) for run in runs):
         title += " (SYNTHETIC data)"
     settings = group_runs(runs)
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     written = []
     swept = swept_parameters(settings)
     if not swept:
@@ -186,7 +270,6 @@ def draw(runs: Sequence[RunData], out_dir: Path, title: str) -> list[Path]:
         written.append(out_dir / "curves.png")
         _save(fig, written[-1])
         plt.close(fig)
-        return written
     params = {name: parse_setting(name) for name in settings}
     for key in swept:
         values = sorted({p[key] for p in params.values()}, key=_sort_key)
@@ -200,7 +283,8 @@ def draw(runs: Sequence[RunData], out_dir: Path, title: str) -> list[Path]:
         written.append(out_dir / f"{key}.png")
         _save(fig, written[-1])
         plt.close(fig)
-    return written
+    bops = plot_accuracy_vs_bops(settings, out_dir / "accuracy_vs_bops.png", title)
+    return written + ([bops] if bops else [])
 
 
 def main(argv: Sequence[str]) -> None:
@@ -208,7 +292,8 @@ def main(argv: Sequence[str]) -> None:
     parser = PlainArgumentParser(
         prog="machlite plot",
         description="Draw learning-curve PNGs (training loss against step, validation "
-        "accuracy against epoch) from the TensorBoard event files of a run or a sweep folder.",
+        "accuracy against epoch) from the TensorBoard event files of a run or a sweep folder, "
+        "and accuracy against BOPs where the settings differ in BOPs.",
     )
     parser.add_argument("dir", type=Path, help="a run folder, runs/<experiment>, or a sweep")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default DIR/plots)")

@@ -94,3 +94,32 @@ def test_compiled_benchmark_merges_its_ratios_into_the_json(
         assert results[f"jsc_tiny_fit_compiled_{name}_over_eager"] == pytest.approx(
             results[f"jsc_tiny_fit_compiled_{name}_s"] / results["jsc_tiny_fit_eager_s"]
         )
+
+
+def test_qat_benchmark_writes_its_ratio_and_target(tmp_path: Path) -> None:
+    args = ["--jets", "4000", "--repeats", "1"]
+    results = _run("jsc_qat.py", args, tmp_path / "qat.json")
+    assert results["jsc_tiny_bs256_qat_over_float"] == pytest.approx(
+        results["jsc_tiny_bs256_qat_s"] / results["jsc_tiny_bs256_float_s"]
+    )
+
+
+@pytest.mark.slow
+def test_hls4ml_agreement_table_runs_fit_and_export(tmp_path: Path) -> None:
+    pytest.importorskip("hls4ml", reason='needs the hw extra: pip install -e ".[hw]"')
+    args = ["--networks", "jsc_tiny", "--quants", "int8_4", "--epochs", "1", "--jets", "3000"]
+    results = _run(
+        "hls4ml_agreement.py", [*args, "--work", str(tmp_path / "w")], tmp_path / "h.json"
+    )
+    (row,) = results["rows"]
+    assert results["data"] == "SYNTHETIC" and row["network"] == "jsc_tiny"
+    assert row["samples"] > 500 and 0.0 <= row["class_agreement"] <= 1.0
+
+
+def test_trials_to_best_counts_from_one() -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from search_grid_vs_tpe import trials_to
+
+    assert trials_to([0.5, 0.7, 0.69, 0.71], 0.71, 0.005) == 4
+    assert trials_to([0.5, 0.7, 0.69, 0.71], 0.71, 0.02) == 2
+    assert trials_to([0.5, 0.6], 0.71, 0.005) == 3  # never reached: len + 1

@@ -134,7 +134,8 @@ def test_space_file_gives_distributions_grids_and_probe_points(tmp_path: Path) -
 @pytest.mark.parametrize("name", sorted(p.name for p in (CONFIGS / "search").glob("*.yaml")))
 def test_space_files_parse_and_every_sample_point_is_a_valid_fit(name: str) -> None:
     search = parse_search(["--space", str(CONFIGS / "search" / name), "--data.source", "synthetic"])
-    assert search.config == (CONFIGS / "jsc_tiny.yaml").resolve()
+    base = "quant/jsc_tiny_qat.yaml" if name == "bit_widths.yaml" else "jsc_tiny.yaml"
+    assert search.config == (CONFIGS / base).resolve()
     assert search.space.params and search.space.objectives
     check_space(search)  # raises ConfigError on a point machlite fit would not take
 
@@ -582,3 +583,18 @@ def test_search_modules_are_in_setup_cfg() -> None:
     text = (REPO / "setup.cfg").read_text()
     assert "    machlite.search\n" in text and "search =\n    optuna" in text
     assert "psycopg[binary]" in text
+
+
+def test_bits_and_bops_objectives_read_the_run_s_hparams(tmp_path: Path) -> None:
+    from machlite.search.loop import objective_value
+
+    from .test_sweep import write_run
+
+    write_run(tmp_path, [0.5, 0.6], 0.6, 0, {"model.bits": 1364.0, "model.bops": 2240.0})
+    assert objective_value("bops", "minimize", tmp_path) == 2240.0
+    assert objective_value("bits", "minimize", tmp_path) == 1364.0
+    assert objective_value("val/acc", "maximize", tmp_path) == pytest.approx(0.6)
+    assert parse_objectives({"val/acc": "max", "bops": "min"}) == {
+        "val/acc": "maximize",
+        "bops": "minimize",
+    }

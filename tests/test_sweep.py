@@ -13,8 +13,10 @@ import matplotlib.image
 import pytest
 import yaml
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 import machlite.cli
+import machlite.plot
 import machlite.sweep
 from machlite.errors import ConfigError, MachliteError
 from machlite.events import find_runs, run_metrics
@@ -209,9 +211,14 @@ VAL = {  # setting -> seed -> val/acc per epoch
 TEST = {"batch_size=32,lr=0.001": 0.7, "batch_size=64,lr=0.001": 0.5, "batch_size=32,lr=0.01": 0.4}
 
 
-def write_run(run_dir: Path, val: list[float], test: float, seed: int) -> None:
-    """A run folder as machlite sweep leaves it: event files (10 s per epoch), config, done."""
+def write_run(
+    run_dir: Path, val: list[float], test: float, seed: int, hparams: dict | None = None
+) -> None:
+    """A run folder as machlite sweep leaves it: event files (10 s per epoch), config, done;
+    ``hparams`` (e.g. ``model.bops``) as an HPARAMS entry, written as HParamsLogger does."""
     writer = SummaryWriter(str(run_dir))
+    for summary in hparams_summaries(hparams, {"val/acc": 0.0}) if hparams else []:
+        writer.file_writer.add_summary(summary)
     t0 = 1_000_000.0
     for epoch, acc in enumerate(val):
         for step in range(epoch * 10, epoch * 10 + 10, 5):
@@ -314,6 +321,68 @@ def test_plot_a_single_run_folder(fake_sweep: tuple[Sweep, list[Run]], tmp_path:
     assert (one.parent / "plots" / "curves.png").is_file()
 
 
+WIDTHS = ["{width: 8, frac_width: 4}", "{width: 4, frac_width: 2}"]
+
+
+def width_sweep(tmp_path: Path, bops: list[float]) -> tuple[Sweep, list[Run]]:
+    """Fake runs of a two-width sweep, two seeds each; width i's runs log ``bops[i]``."""
+    sweep = Sweep(
+        config=CONFIGS / "jsc_toy.yaml",
+        grid={"model.quantization.by_type.linear.weight": WIDTHS},
+        seeds=[0, 1],
+        name="widths",
+        sweep_dir=tmp_path / "widths",
+    )
+    runs = expand(sweep)
+    for r in runs:
+        i = WIDTHS.index(r.values["model.quantization.by_type.linear.weight"])
+        val = [[0.5, 0.7, 0.8], [0.4, 0.5, 0.6]][i]
+        hparams = {"model.bops": bops[i], "model.bits": 1000.0}
+        write_run(sweep.sweep_dir / r.name, [v + 0.02 * r.seed for v in val], 0.5, r.seed, hparams)
+    return sweep, runs
+
+
+def test_accuracy_vs_bops_plot_where_the_settings_differ_in_bops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sweep, runs = width_sweep(tmp_path, [6720.0, 2240.0])
+    settings = machlite.plot.group_runs(find_runs(sweep.sweep_dir))
+    points = {label: (bops, accs) for label, bops, accs in machlite.plot.bops_points(settings)}
+    assert points.keys() == {"weight=width_8_frac_width_4", "weight=width_4_frac_width_2"}
+    # x: the setting's model.bops; y: each seed's final val/acc (the summary's final val/acc)
+    assert points["weight=width_4_frac_width_2"][0] == 2240.0
+    assert points["weight=width_4_frac_width_2"][1] == pytest.approx([0.6, 0.62])
+    titles = {}
+    save = machlite.plot._save
+
+    def spy(fig: object, path: Path) -> None:
+        titles[path.name] = " ".join(t.get_text() for t in fig.texts)  # the suptitle
+        save(fig, path)
+
+    monkeypatch.setattr(machlite.plot, "_save", spy)
+    files = report(sweep, runs, failed=[])
+    png = sweep.sweep_dir / "plots" / "accuracy_vs_bops.png"
+    assert png in files
+    image = matplotlib.image.imread(png)
+    assert image.shape[0] > 300 and image.shape[1] > 500 and image.std() > 0.01
+    assert "SYNTHETIC" in titles["accuracy_vs_bops.png"]
+    assert (
+        "![accuracy_vs_bops](plots/accuracy_vs_bops.png)"
+        in (sweep.sweep_dir / "summary.md").read_text()
+    )
+    # machlite plot DIR draws it too
+    assert run(["plot", str(sweep.sweep_dir), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "accuracy_vs_bops.png").is_file()
+
+
+def test_no_accuracy_vs_bops_plot_when_the_bops_are_all_equal(tmp_path: Path) -> None:
+    sweep, runs = width_sweep(tmp_path, [6720.0, 6720.0])
+    files = report(sweep, runs, failed=[])
+    assert [p.name for p in files if p.suffix == ".png"] == ["weight.png"]
+    assert not (sweep.sweep_dir / "plots" / "accuracy_vs_bops.png").exists()
+    assert "accuracy_vs_bops" not in (sweep.sweep_dir / "summary.md").read_text()
+
+
 def test_width_sweep_summary_gives_bits_and_bops_beside_accuracy(
     tmp_path: Path, jsc_data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -363,6 +432,7 @@ def test_width_sweep_summary_gives_bits_and_bops_beside_accuracy(
     assert "| 117 | 1,364 | 2,240 |" in table["| `weight=width_4_frac_width_2`"]
     with open(sweep.sweep_dir / "runs.csv") as f:
         assert sorted(int(r["bops"]) for r in csv.DictReader(f)) == [2240, 6720]
+    assert "![accuracy_vs_bops](plots/accuracy_vs_bops.png)" in md  # from the real HPARAMS
 
 
 # -- early stopping ------------------------------------------------------------------------------

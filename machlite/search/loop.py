@@ -27,6 +27,7 @@ from machlite.errors import ConfigError, Interrupted
 from machlite.events import has_events, read_run, run_metrics
 from machlite.search.parsing import Search, trial_run
 from machlite.search.pruning import PRUNED_FILE, TrialPruned
+from machlite.search.space import SPECIAL_OBJECTIVES
 from machlite.search.study import (
     FOLDER,
     HEARTBEAT,
@@ -40,6 +41,7 @@ from machlite.search.study import (
 )
 from machlite.sweep.runner import Runner, Running, progress_line, stop_runs
 from machlite.sweep.spec import Run, read_done, short_keys, value_label
+from machlite.sweep.summary import COST
 
 #: A process stops asking for trials after this many of its trials failed in a row.
 FAILS_IN_A_ROW = 3
@@ -59,15 +61,18 @@ def trial_folder(number: int, values: dict[str, Any]) -> str:
 def objective_value(metric: str, direction: str, run_dir: Path) -> float | None:
     """One run's value of an objective.
 
-    ``epoch_time`` is the mean wall time per epoch and ``params`` the network's parameter
-    count; a ``val/`` metric is its best epoch in the objective's direction; any other logged
-    metric (``test/acc``: the test of the best checkpoint) is its last value. None when the
-    run did not log it.
+    ``epoch_time`` is the mean wall time per epoch, ``params`` the network's parameter
+    count, ``bits`` and ``bops`` its size and bit operations (from HPARAMS); a ``val/``
+    metric is its best epoch in the objective's direction; any other logged metric
+    (``test/acc``: the test of the best checkpoint) is its last value. None when the run did
+    not log it.
     """
     done = read_done(run_dir) or {}
     if metric == "params":
         return done.get("params")
     run = read_run(run_dir)
+    if metric in COST:
+        return run.hparams.get(COST[metric])
     if metric == "epoch_time":
         return run_metrics(run)["sec_per_epoch"]
     values = run.values(metric)
@@ -250,7 +255,7 @@ class SearchLoop:
                     raise ConfigError(
                         f"objective {metric} was not logged by trial {trial.number} "
                         f"({run_dir}); it logged: {', '.join(logged_metrics(run_dir))}, "
-                        "and epoch_time, params"
+                        f"and {', '.join(SPECIAL_OBJECTIVES)}"
                     )
                 values.append(float(value))
             per_seed[metric] = values

@@ -36,6 +36,8 @@ DISTRIBUTION_TYPES = ("float", "int", "categorical")
 SPECIAL_OBJECTIVES = {
     "epoch_time": "seconds per epoch, from the event files' wall times",
     "params": "the network's parameter count",
+    "bits": "the model size in bits at its quantized formats (model.bits in HPARAMS)",
+    "bops": "bit operations per sample at its quantized formats (model.bops in HPARAMS)",
 }
 _DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from machlite.atomic import atomic_write
-from machlite.events import is_synthetic, read_run, run_metrics
+from machlite.events import MODEL_BITS, MODEL_BOPS, is_synthetic, read_run, run_metrics
 from machlite.notices import read_warnings
 from machlite.sweep.spec import Run, Sweep, read_done, short_keys
 
@@ -29,7 +29,7 @@ METRIC_TITLES = {
 }
 #: The network's cost, from each run's HPARAMS entry (machlite.callbacks.HParamsLogger):
 #: model size in bits and BOPs per sample, at the run's quantized formats.
-COST = {"bits": "model.bits", "bops": "model.bops"}
+COST = {"bits": MODEL_BITS, "bops": MODEL_BOPS}
 
 
 def stats(values: list[float]) -> tuple[float | None, float | None]:

@@ -319,6 +319,27 @@ def test_four_trial_tpe_search_writes_every_output_and_best_yaml_reproduces(
     assert len(load(search_dir).trials) == 4
 
 
+@pytest.mark.slow  # about a minute on the 2-core machine
+def test_bit_width_search_has_the_bops_of_each_trial_s_formats(
+    tmp_path: Path, jsc_data_dir: Path
+) -> None:
+    from machlite.quant.cost import bops
+
+    args = ["search", "--space", str(CONFIGS / "search" / "bit_widths.yaml")]  # its own config
+    args += [*synthetic(jsc_data_dir), "--trainer.max_epochs", "1", "--trials", "2"]
+    args += ["--trainer.enable_progress_bar", "false", "--sampler_seed", "0", "--no-prune"]
+    assert run([*args, "--search_dir", str(tmp_path / "s")]) == 0
+    study = load(tmp_path / "s", name="bit_widths")
+    assert states(study) == ["COMPLETE"] * 2
+    key = "model.quantization.by_type.linear"
+    for trial in study.trials:
+        # JSC-Tiny: BatchNorm (float, no BOPs), then Linear(16, 5) at the trial's widths
+        b_a, b_w = trial.params[f"{key}.data_in.width"], trial.params[f"{key}.weight.width"]
+        assert trial.values[1] == pytest.approx(bops(16, 5, b_a, b_w))
+        assert 0.0 <= trial.values[0] <= 1.0
+    assert (tmp_path / "s" / "plots" / "pareto.png").is_file()
+
+
 def test_pruning_stops_a_hopeless_trial_early_and_can_be_switched_off(
     tmp_path: Path, jsc_data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

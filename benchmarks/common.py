@@ -46,6 +46,33 @@ class EpochTimer(Callback):
             self.profiler.disable()
 
 
+def machlite_process(args: list[str], log: Path, script: str) -> str:
+    """Run ``python -m machlite ARGS`` in a new process and keep its output in ``log``.
+
+    Returns:
+        Its output (stdout and stderr). Exits with one line naming ``log`` when it fails.
+    """
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "machlite", *args], capture_output=True, text=True)
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        sys.exit(f"{script}: machlite {' '.join(args[:3])} failed; see {log}")
+    return proc.stdout + proc.stderr
+
+
+def fit_run_folder(out: str, log: Path, script: str) -> Path:
+    """The run folder of a ``machlite fit`` from its output ("results in DIR")."""
+    import re
+    import sys
+
+    found = re.search(r"machlite: run finished; results in (\S+)", out)
+    if found is None:
+        sys.exit(f"{script}: the fit did not say where its run folder is; see {log}")
+    return Path(found.group(1))
+
+
 def machlite_epoch(
     args: list[str], validate: bool, profiler: cProfile.Profile | None = None
 ) -> float:

@@ -14,28 +14,21 @@ idle 2-core CPU.
 
 import argparse
 import json
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from machlite.atomic import atomic_write_json
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import fit_run_folder, machlite_process  # noqa: E402
+
+from machlite.atomic import atomic_write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NETWORKS = ("jsc_tiny", "jsc_toy", "jsc_will")
 QUANTS = ("int16_8", "int8_4")
+SCRIPT = "hls4ml_agreement"
 #: The issue's goal for the share of test samples whose class agrees.
 TARGET = 0.999
-
-
-def machlite(args: list[str], log: Path) -> str:
-    """Run ``python -m machlite ARGS``, keep its output in ``log``, return the output."""
-    proc = subprocess.run([sys.executable, "-m", "machlite", *args], capture_output=True, text=True)
-    log.write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        sys.exit(f"hls4ml_agreement: machlite {' '.join(args[:3])} failed; see {log}")
-    return proc.stdout + proc.stderr
 
 
 def main() -> None:
@@ -57,15 +50,15 @@ def main() -> None:
         fit = ["fit", "--config", str(REPO / "configs" / f"{net}.yaml"), *data]
         fit += ["--trainer.max_epochs", str(opts.epochs), "--runs_dir", str(work / "runs")]
         fit += ["--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
-        out = machlite(fit, work / f"{net}.fit.log")
-        run_dir = Path(re.search(r"machlite: run finished; results in (\S+)", out).group(1))
-        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        log = work / f"{net}.fit.log"
+        ckpt = fit_run_folder(machlite_process(fit, log, SCRIPT), log, SCRIPT) / "checkpoints"
+        ckpt = ckpt / "last.ckpt"
         for quant in opts.quants:
             dest = work / "export" / f"{net}_{quant}"
             export = ["export", "--ckpt_path", str(ckpt), "--format", "hls4ml", "--out", str(dest)]
             export += ["--quant", str(REPO / "configs" / "quant" / f"{quant}.yaml"), *data]
-            out = machlite(export, work / f"{net}_{quant}.export.log")
-            line = next(x for x in out.splitlines() if x.startswith("machlite: hls4ml written"))
+            out = machlite_process(export, work / f"{net}_{quant}.export.log", SCRIPT)
+            line = next((x for x in out.splitlines() if x.startswith("machlite: hls4ml")), "")
             print(f"{net} {quant} (SYNTHETIC data): {line}", flush=True)
             result = json.loads((dest / "export_hls4ml.json").read_text())
             rows.append({"network": net, "quant": quant, **result})

@@ -25,6 +25,8 @@ HPARAMS_SESSION = "_hparams_/session_start_info"
 #: bits and bit operations (BOPs) per sample, at the run's quantized formats.
 MODEL_BITS = "model.bits"
 MODEL_BOPS = "model.bops"
+#: The network's cost as a sweep summary or a search objective names it, and its tag.
+COST = {"bits": MODEL_BITS, "bops": MODEL_BOPS}
 _SEED_DIR = re.compile(r"seed_(-?\d+)$")
 
 

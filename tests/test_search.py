@@ -450,31 +450,49 @@ def test_a_search_killed_mid_trial_continues_without_losing_or_repeating_trials(
     assert [r["state"] for r in rows] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
 
 
-def test_a_trial_another_worker_has_just_asked_for_is_not_stale() -> None:
+def test_stale_trials_are_failed_and_just_asked_ones_are_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from optuna.trial import TrialState
 
-    from machlite.search.study import fail_stale_trials, owner
+    import machlite.search.study as study_module
+    from machlite.search.study import HEARTBEAT, OWNER, fail_stale_trials, owner
 
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, study_name="s")
-    just_asked = study.ask()  # no owner or heartbeat yet: another worker is about to set them
+    just_asked = study.ask()  # no owner yet: another worker sets it during the grace period
+    orphan = study.ask()  # its worker died between ask and setting the owner
     alive = study.ask()
-    alive.set_user_attr("machlite_owner", owner())
-    alive.set_user_attr("machlite_heartbeat", time.time())
+    alive.set_user_attr(OWNER, owner())
+    alive.set_user_attr(HEARTBEAT, time.time())
     gone_here = study.ask()  # this host, a pid that does not exist
-    gone_here.set_user_attr("machlite_owner", f"{socket.gethostname()}:{2**22 + 12345}")
+    gone_here.set_user_attr(OWNER, f"{socket.gethostname()}:{2**22 + 12345}")
     gone_elsewhere = study.ask()  # another host, silent for an hour
-    gone_elsewhere.set_user_attr("machlite_owner", "elsewhere:1")
-    gone_elsewhere.set_user_attr("machlite_heartbeat", time.time() - 3600)
+    gone_elsewhere.set_user_attr(OWNER, "elsewhere:1")
+    gone_elsewhere.set_user_attr(HEARTBEAT, time.time() - 3600)
+    waited = []
 
-    assert fail_stale_trials(study, storage) == [gone_here.number, gone_elsewhere.number]
+    def other_workers_meanwhile(seconds: float) -> None:
+        waited.append(seconds)
+        just_asked.set_user_attr(OWNER, owner())
+        just_asked.set_user_attr(HEARTBEAT, time.time())
+        study.ask()  # a trial asked for during the wait, not yet owned either
+
+    monkeypatch.setattr(study_module.time, "sleep", other_workers_meanwhile)
+    assert fail_stale_trials(study, storage) == [
+        orphan.number,
+        gone_here.number,
+        gone_elsewhere.number,
+    ]
+    assert waited == [study_module.OWNERLESS_GRACE]
     assert [t.state for t in study.trials] == [
         TrialState.RUNNING,
+        TrialState.FAIL,
         TrialState.RUNNING,
         TrialState.FAIL,
         TrialState.FAIL,
+        TrialState.RUNNING,
     ]
-    assert just_asked.number == 0
 
 
 def _two_searches_share(args: list[str], storage: str, tmp_path: Path, trials: int) -> None:

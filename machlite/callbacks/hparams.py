@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from machlite.events import MODEL_BITS, MODEL_BOPS
 from machlite.loggers import ResumableTensorBoardLogger, tensorboard_logger
 from machlite.quant.cost import network_cost
 
@@ -38,7 +39,7 @@ def _cost(pl_module: pl.LightningModule) -> dict[str, float]:
     if not isinstance(network, torch.nn.Module) or shape is None:
         return {}
     cost = network_cost(network, None, tuple(shape))
-    return {"model.bits": float(cost.bits), "model.bops": float(cost.bops)}
+    return {MODEL_BITS: float(cost.bits), MODEL_BOPS: float(cost.bops)}
 
 
 class HParamsLogger(Callback):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from machlite.errors import ConfigError, Interrupted
-from machlite.events import has_events, read_run, run_metrics
+from machlite.events import COST, has_events, read_run, run_metrics
 from machlite.search.parsing import Search, trial_run
 from machlite.search.pruning import PRUNED_FILE, TrialPruned
 from machlite.search.space import SPECIAL_OBJECTIVES
@@ -41,7 +41,6 @@ from machlite.search.study import (
 )
 from machlite.sweep.runner import Runner, Running, progress_line, stop_runs
 from machlite.sweep.spec import Run, read_done, short_keys, value_label
-from machlite.sweep.summary import COST
 
 #: A process stops asking for trials after this many of its trials failed in a row.
 FAILS_IN_A_ROW = 3

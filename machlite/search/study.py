@@ -46,6 +46,9 @@ OWNER, HEARTBEAT, FOLDER, NOTE, SEED_VALUES, OVER_BUDGET = (
 _CREATE_RACE = re.compile(r"already exists|duplicate key|UniqueViolation|IntegrityError")
 #: A RUNNING trial whose owner has not beaten for this long (seconds) is taken as dead.
 STALE_AFTER = 600.0
+#: A worker sets a trial's owner right after asking for it; a RUNNING trial that still has no
+#: owner this many seconds after it was first seen has lost its worker in between.
+OWNERLESS_GRACE = 3.0
 
 
 def require_optuna() -> ModuleType:
@@ -272,23 +275,31 @@ def _owner_is_dead(name: str | None, beat: float | None, now: float) -> bool:
 
 def fail_stale_trials(study: Any, storage: Any) -> list[int]:
     """Mark FAIL the RUNNING trials whose search process is gone: on this host, a process
-    that no longer exists; elsewhere, no heartbeat for :data:`STALE_AFTER` seconds. A trial
-    with no owner yet (another worker has just asked for it) counts from its start.
+    that no longer exists; elsewhere, no heartbeat for :data:`STALE_AFTER` seconds; and a
+    trial that has no owner yet, :data:`OWNERLESS_GRACE` seconds after it was first seen
+    (another worker may have just asked for it). The grace period is timed on this process's
+    clock, so no two machines' clocks are compared.
 
     Returns:
         Their numbers.
     """
     from optuna.trial import TrialState
 
+    def running() -> list[Any]:
+        return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    ownerless = {t.number for t in running() if OWNER not in t.user_attrs}
+    if ownerless:
+        time.sleep(OWNERLESS_GRACE)
     now = time.time()
     failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in running():
         attrs = trial.user_attrs
-        # a trial another worker has just asked for has no owner or heartbeat yet: until
-        # it has, its start time is its heartbeat (Optuna stores it as naive local time)
-        started = trial.datetime_start.timestamp() if trial.datetime_start else None
-        if not _owner_is_dead(attrs.get(OWNER), attrs.get(HEARTBEAT, started), now):
-            continue
+        if OWNER in attrs:
+            if not _owner_is_dead(attrs[OWNER], attrs.get(HEARTBEAT), now):
+                continue
+        elif trial.number not in ownerless:
+            continue  # asked for during the grace period: its worker is setting its owner
         storage.set_trial_user_attr(
             trial_id(storage, study.study_name, trial.number),
             NOTE,

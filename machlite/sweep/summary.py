@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from machlite.atomic import atomic_write
-from machlite.events import MODEL_BITS, MODEL_BOPS, is_synthetic, read_run, run_metrics
+from machlite.events import COST, is_synthetic, read_run, run_metrics
 from machlite.notices import read_warnings
 from machlite.sweep.spec import Run, Sweep, read_done, short_keys
 
@@ -27,9 +27,6 @@ METRIC_TITLES = {
     "epochs_to_best": "epochs to best",
     "sec_per_epoch": "s/epoch",
 }
-#: The network's cost, from each run's HPARAMS entry (machlite.callbacks.HParamsLogger):
-#: model size in bits and BOPs per sample, at the run's quantized formats.
-COST = {"bits": MODEL_BITS, "bops": MODEL_BOPS}
 
 
 def stats(values: list[float]) -> tuple[float | None, float | None]:

@@ -133,9 +133,12 @@ def test_space_file_gives_distributions_grids_and_probe_points(tmp_path: Path) -
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (CONFIGS / "search").glob("*.yaml")))
 def test_space_files_parse_and_every_sample_point_is_a_valid_fit(name: str) -> None:
-    search = parse_search(["--space", str(CONFIGS / "search" / name), "--data.source", "synthetic"])
-    base = "quant/jsc_tiny_qat.yaml" if name == "bit_widths.yaml" else "jsc_tiny.yaml"
-    assert search.config == (CONFIGS / base).resolve()
+    base = {"bit_widths.yaml": "quant/jsc_tiny_qat.yaml", "mnist_lr_batch_size.yaml": "mnist.yaml"}
+    data = (
+        ["--data.data_dir", "data"] if name.startswith("mnist") else ["--data.source", "synthetic"]
+    )
+    search = parse_search(["--space", str(CONFIGS / "search" / name), *data])
+    assert search.config == (CONFIGS / base.get(name, "jsc_tiny.yaml")).resolve()
     assert search.space.params and search.space.objectives
     check_space(search)  # raises ConfigError on a point machlite fit would not take
 

@@ -55,6 +55,6 @@ class MNISTNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Return logits (or probabilities with ``softmax_output``) for [N, 1, 28, 28] input."""
         x = self.layer2(self.layer1(x))
-        x = x.flatten(start_dim=1)
+        x = x.flatten(1)  # positional: hls4ml's PyTorch frontend reads no keywords here
         x = self.layer3_dropout(self.layer3_act(self.layer3(x)))
         return self.softmax(self.layer4(x))

@@ -185,3 +185,26 @@ def test_export_command_hls4ml(jsc_data_dir: Path) -> None:
     result = json.loads(Path("hls/export_hls4ml.json").read_text())
     assert result["class_agreement"] >= 0.99 and result["identical"] >= 0.99
     assert result["max_abs_diff"] <= 2.0**-4  # one step of (8, 4) at most
+
+
+class _Cumsum(nn.Module):
+    """A Linear, then a call hls4ml's PyTorch frontend has no handler for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cumsum(self.fc(x), dim=1)
+
+
+def test_a_network_hls4ml_cannot_convert_is_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("hls4ml")
+    from machlite.errors import MachliteError
+    from machlite.export.to_hls4ml import build_hls4ml
+
+    network = quantize_network(_Cumsum(), load_quant_config(INT8))
+    with pytest.raises(MachliteError, match=r"^hls4ml \S+ cannot convert _Cumsum \(") as err:
+        build_hls4ml(network, (16,), tmp_path / "hls")
+    assert "\n" not in str(err.value) and "qonnx formats still work" in str(err.value)
+    assert not list(tmp_path.glob("hls/firmware/*.cpp"))  # nothing compiled

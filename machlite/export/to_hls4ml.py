@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from machlite.errors import MachliteError, first_line
 from machlite.quant import FixedPoint, LayerQuant, QuantConfig, quantize_network
 
 #: The precision that stands in for a float value: 16 integer bits and 32 fractional ones,
@@ -75,8 +76,17 @@ def hls_config(network: nn.Module, input_shape: tuple[int, ...]) -> dict[str, An
 
 
 def _float(network: nn.Module) -> nn.Module:
-    """The network with torch's own layers (what hls4ml's frontend reads), on the CPU."""
-    return quantize_network(network.cpu(), QuantConfig()).eval()
+    """The network with torch's own layers (what hls4ml's frontend reads), on the CPU.
+
+    An ``nn.Identity`` (e.g. the MNIST CNN's softmax slot with logits output) becomes an
+    empty ``nn.Sequential``, which torch.fx traces through: hls4ml has no Identity layer.
+    """
+    copy = quantize_network(network.cpu(), QuantConfig()).eval()
+    for parent in list(copy.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Identity:
+                setattr(parent, name, nn.Sequential())
+    return copy
 
 
 def build_hls4ml(network: nn.Module, input_shape: tuple[int, ...], out: Path) -> Any:
@@ -84,19 +94,32 @@ def build_hls4ml(network: nn.Module, input_shape: tuple[int, ...], out: Path) ->
 
     Returns:
         hls4ml's ``ModelGraph``: ``predict(x)`` runs the fixed-point C++ model.
+
+    Raises:
+        MachliteError: hls4ml's PyTorch frontend cannot convert the network (a layer or a
+            call it does not handle), in one line.
     """
     import hls4ml
 
-    config = hls_config(network, input_shape)
+    try:
+        config = hls_config(network, input_shape)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = hls4ml.converters.convert_from_pytorch_model(
+                _float(network),
+                hls_config=config,
+                output_dir=str(out),
+                backend="Vivado",
+                io_type="io_parallel",
+            )
+    except Exception as err:  # noqa: BLE001  hls4ml raises anything on a network it cannot read
+        raise MachliteError(
+            f"hls4ml {hls4ml.__version__} cannot convert {type(network).__name__} "
+            f"({type(err).__name__}: {first_line(err)}); the onnx and qonnx formats still "
+            "work (docs/export.md)"
+        ) from err
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = hls4ml.converters.convert_from_pytorch_model(
-            _float(network),
-            hls_config=config,
-            output_dir=str(out),
-            backend="Vivado",
-            io_type="io_parallel",
-        )
         model.compile()
     return model
 

@@ -208,3 +208,17 @@ def test_a_network_hls4ml_cannot_convert_is_one_line(tmp_path: Path) -> None:
         build_hls4ml(network, (16,), tmp_path / "hls")
     assert "\n" not in str(err.value) and "qonnx formats still work" in str(err.value)
     assert not list(tmp_path.glob("hls/firmware/*.cpp"))  # nothing compiled
+
+
+def test_hls4ml_config_rounds_before_a_flatten() -> None:
+    # hls4ml passes values through the MNIST CNN's flatten unrounded, so the layer before it
+    # must round to what the Linear after it reads (layer3's data_in, (8, 3))
+    pytest.importorskip("hls4ml")
+    from machlite.export.to_hls4ml import hls_config
+    from machlite.models import MNISTNet
+
+    config = load_quant_config(CONFIGS / "quant" / "mnist_int8.yaml")
+    layers = hls_config(quantize_network(MNISTNet(), config), (1, 28, 28))["LayerName"]
+    assert layers["layer2_relu"]["Precision"]["result"] == "ap_fixed<8,5,AP_RND_CONV,AP_SAT>"
+    assert layers["layer1_relu"]["Precision"]["result"] == "ap_fixed<8,4,AP_RND_CONV,AP_SAT>"
+    assert layers["x"]["Precision"]["result"] == "ap_fixed<8,3,AP_RND_CONV,AP_SAT>"

@@ -6,7 +6,8 @@ precisions (``I = W - frac_width``: round half to even, saturate, as machlite's 
 
 - the model input (layer ``x``): the first layer's ``data_in``;
 - a layer's ``result``: its own ``data_out``, else the next layer's ``data_in`` (the rounding
-  machlite does when that layer reads it), else :data:`WIDE`;
+  machlite does when that layer reads it), else :data:`WIDE`; a functional reshape between
+  them (``flatten``) is looked past, as hls4ml passes values through it unrounded;
 - Linear/Conv2d ``weight`` and ``bias``; BatchNorm ``scale`` and ``bias`` (the folded scale
   and shift, as machlite's quantized BatchNorm rounds them);
 - every accumulator: :data:`ACCUM`, wide enough to sum the products exactly;
@@ -17,6 +18,7 @@ Vivado/Vitis HLS synthesis (latency, LUTs, DSPs) is not run: only the C++ model.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,10 @@ def ap_fixed(fmt: FixedPoint | None) -> str:
     return f"ap_fixed<{fmt.width},{fmt.int_width},AP_RND_CONV,AP_SAT>"
 
 
+#: hls4ml's names of functional reshapes in a torch.fx trace (``x.flatten(1)``, ``x.view``).
+_RESHAPE = re.compile(r"^(flatten|view|reshape)(_\d+)?$")
+
+
 def hls_config(network: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """hls4ml's per-layer config for a quantized ``network`` (the module docstring's rules)."""
     import hls4ml
@@ -61,9 +67,13 @@ def hls_config(network: nn.Module, input_shape: tuple[int, ...]) -> dict[str, An
         )
     names = list(config["LayerName"])  # "x" first, then the layers in order
     specs = [formats.get(name, LayerQuant()) for name in names]
+    modules = {name.replace(".", "_") for name, _ in network.named_modules()}
     for i, name in enumerate(names):
         spec = specs[i]
-        nxt = specs[i + 1].data_in if i + 1 < len(specs) else None
+        j = i + 1  # the layer that reads this one's result, past functional reshapes
+        while j < len(names) and names[j] not in modules and _RESHAPE.match(names[j]):
+            j += 1  # hls4ml passes values through a reshape unrounded
+        nxt = specs[j].data_in if j < len(specs) else None
         out = nxt if name == "x" else spec.data_out or nxt
         precision = config["LayerName"][name].setdefault("Precision", {})
         precision["result"] = ap_fixed(out)

@@ -51,8 +51,8 @@ def main() -> None:
         fit += ["--trainer.max_epochs", str(opts.epochs), "--runs_dir", str(work / "runs")]
         fit += ["--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
         log = work / f"{net}.fit.log"
-        ckpt = fit_run_folder(machlite_process(fit, log, SCRIPT), log, SCRIPT) / "checkpoints"
-        ckpt = ckpt / "last.ckpt"
+        run_dir = fit_run_folder(machlite_process(fit, log, SCRIPT), log, SCRIPT)
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
         for quant in opts.quants:
             dest = work / "export" / f"{net}_{quant}"
             export = ["export", "--ckpt_path", str(ckpt), "--format", "hls4ml", "--out", str(dest)]

@@ -4,11 +4,14 @@ A file is written to a temporary name in the same folder, flushed to disk (fsync
 over the target (``os.replace``, atomic on POSIX) and the folder is fsynced, so a kill at any
 moment leaves the old file (or none) or the complete new one, never half of one. On any
 error the temporary file is removed. Checkpoints, the JSC cache, synthetic JSC files, the
-unpacked MNIST files, downloads and the sweep's JSON records all use it.
+unpacked MNIST files, downloads, the runs' JSON records and the CSV tables (:func:`write_csv`)
+all use it.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import uuid
@@ -95,3 +98,20 @@ def atomic_write(
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     atomic_write(path, json.dumps(data, indent=2) + "\n")
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return "" if value is None else value
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write dict rows as CSV (the first row's keys are the header; floats to 6 significant
+    digits, None as empty), atomically."""
+    text = io.StringIO(newline="")
+    if rows:
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
+    atomic_write(path, text.getvalue())

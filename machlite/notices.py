@@ -19,8 +19,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from tqdm import tqdm
 
-#: The file in a run folder that holds the run's warnings, one a line.
-WARNINGS_FILE = "warnings.txt"
+from machlite.runs.layout import RunFolder
 
 
 def _print(trainer: Any, line: str, file: IO[str]) -> None:
@@ -63,7 +62,7 @@ def warn(trainer: Any, message: str) -> None:
     epoch, step = int(trainer.current_epoch), int(trainer.global_step)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / WARNINGS_FILE, "a", encoding="utf-8") as f:  # appended, not replaced
+        with open(RunFolder(folder).warnings, "a", encoding="utf-8") as f:  # appended, not replaced
             f.write(f"epoch {epoch}, step {step}: {message}\n")
     except OSError as err:
         _print(trainer, f"machlite: warning: cannot record it in {folder}: {err}", sys.stderr)
@@ -78,7 +77,7 @@ def say(trainer: Any, message: str) -> None:
 def read_warnings(folder: Path) -> list[str]:
     """The lines of ``folder/warnings.txt`` (none when it does not exist)."""
     try:
-        text = (Path(folder) / WARNINGS_FILE).read_text(encoding="utf-8")
+        text = RunFolder(folder).warnings.read_text(encoding="utf-8")
     except OSError:
         return []
     return [line for line in text.splitlines() if line.strip()]

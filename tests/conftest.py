@@ -92,3 +92,37 @@ def curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar curve of a run as ``tag -> [(step, value), ...]``, read by TensorBoard."""
     acc = load_events(run_dir)
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def write_run(
+    run_dir: Path, val: list[float], test: float, seed: int, hparams: dict | None = None
+) -> None:
+    """A run folder as machlite sweep leaves it: event files (10 s per epoch), config, done;
+    ``hparams`` (e.g. ``model.bops``) as an HPARAMS entry, written as HParamsLogger does."""
+    import json
+
+    import yaml
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    writer = SummaryWriter(str(run_dir))
+    for summary in hparams_summaries(hparams, {"val/acc": 0.0}) if hparams else []:
+        writer.file_writer.add_summary(summary)
+    t0 = 1_000_000.0
+    for epoch, acc in enumerate(val):
+        for step in range(epoch * 10, epoch * 10 + 10, 5):
+            writer.add_scalar("train/loss", 1.5 - 0.01 * step - 0.1 * seed, step, walltime=t0)
+        writer.add_scalar("val/acc", acc, epoch * 10 + 9, walltime=t0 + 10.0 * (epoch + 1))
+    writer.close()
+    test_writer = SummaryWriter(str(run_dir / "test"))
+    test_writer.add_scalar("test/acc", test + 0.01 * seed, 0)
+    test_writer.close()
+    config = {
+        "data": {
+            "class_path": "machlite.datasets.JSCDataModule",
+            "init_args": {"source": "synthetic"},
+        },
+        "model": {"network": {"class_path": "machlite.models.JSCToy", "init_args": {}}},
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / "done.json").write_text(json.dumps({"params": 327}))

@@ -149,3 +149,36 @@ def test_light_commands_import_nothing_heavy(args: list[str]) -> None:
         f"machlite {' '.join(args)} imported {heavy}; find the chain with: "
         f"python -X importtime -c 'from machlite.commands import main; main({args!r})'"
     )
+
+
+def command_modules() -> list[str]:
+    """The module of each subcommand in ``machlite.commands.COMMANDS`` other than the shared
+    Lightning entry (``machlite.cli``) and ``machlite.commands`` itself."""
+    from machlite.commands import COMMANDS
+
+    targets = {command.target.partition(":")[0] for command in COMMANDS.values()}
+    return sorted(targets - {"machlite.cli", "machlite.commands"})
+
+
+def _family(module: str, command: str) -> bool:
+    return module == command or module.startswith(command + ".")
+
+
+def test_no_command_imports_another() -> None:
+    commands = command_modules()
+    assert {"machlite.sweep", "machlite.search", "machlite.plot", "machlite.export"} <= set(
+        commands
+    )
+    graph = import_graph()
+    crossings = [
+        f"{source} -> {target}"
+        for source, targets in graph.items()
+        for target in targets
+        for a in commands
+        for b in commands
+        if a != b and _family(source, a) and _family(target, b)
+    ]
+    assert not crossings, (
+        "a command imports another command's modules (move what they share into the ground "
+        f"they stand on, e.g. machlite.runs): {crossings}"
+    )

@@ -18,9 +18,10 @@ import pytest
 import yaml
 
 from machlite.errors import ConfigError
+from machlite.runs.layout import PRUNED_FILE
+from machlite.runs.settings import cli_value
 from machlite.search.parsing import check_space, parse_search, sample_points
 from machlite.search.space import load_space, parse_objectives, parse_param
-from machlite.sweep.parsing import cli_value
 
 from .conftest import CONFIGS, REPO, curves, run, synthetic
 
@@ -237,14 +238,18 @@ def test_search_dir_and_storage_defaults(tmp_path: Path, jsc_data_dir: Path) -> 
     assert search.search_dir == (tmp_path / "searches" / "space_synthetic").resolve()
     assert search.storage == f"sqlite:///{search.search_dir / 'study.db'}"
     assert search.prune and search.trials == 20 and search.seeds == [0]
-    assert search.sweep().grid == {} and search.sweep().sweep_dir == search.search_dir
+    from machlite.search.loop import launcher
+
+    assert launcher(search).root == search.search_dir  # the trials' runs go there
+    planned = search.trial_run("trial=0000", {"optimizer.lr": 0.5}, 3)
+    assert planned.name == "trial=0000/seed_3" and planned.settings.seed == 3
 
 
 # -- the pruning callback, against a real study ---------------------------------------------------
 def test_trial_pruner_reports_each_epoch_and_raises_when_pruned(tmp_path: Path) -> None:
     import torch
 
-    from machlite.search.pruning import PRUNED_FILE, TrialPruned, TrialPruner
+    from machlite.search.pruning import TrialPruned, TrialPruner
     from machlite.search.study import open_storage
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
@@ -630,7 +635,7 @@ def test_search_modules_are_in_setup_cfg() -> None:
 def test_bits_and_bops_objectives_read_the_run_s_hparams(tmp_path: Path) -> None:
     from machlite.search.loop import objective_value
 
-    from .test_sweep import write_run
+    from .conftest import write_run
 
     write_run(tmp_path, [0.5, 0.6], 0.6, 0, {"model.bits": 1364.0, "model.bops": 2240.0})
     assert objective_value("bops", "minimize", tmp_path) == 2240.0

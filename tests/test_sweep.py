@@ -12,38 +12,30 @@ from types import SimpleNamespace
 import matplotlib.image
 import pytest
 import yaml
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 import machlite.cli
-import machlite.plot
+import machlite.figures
 import machlite.sweep
 from machlite.errors import ConfigError, MachliteError
-from machlite.events import find_runs, run_metrics
 from machlite.models import NETWORKS
+from machlite.runs.job import best_checkpoint, run_job
+from machlite.runs.launcher import Launcher, progress_line
+from machlite.runs.records import find_runs, read_done, run_metrics
+from machlite.runs.settings import block_value, load_config, merge_config, override_block
 from machlite.sweep import (
     Run,
-    Runner,
     Sweep,
     check_settings,
     expand,
+    launcher,
     parse_sweep,
-    progress_line,
     report,
     run_settings,
     run_sweep,
 )
-from machlite.sweep.job import best_checkpoint, run_job
-from machlite.sweep.spec import (
-    block_value,
-    is_synthetic_sweep,
-    load_config,
-    merge_config,
-    override_block,
-    read_done,
-)
+from machlite.sweep.spec import is_synthetic_sweep, planned
 
-from .conftest import CONFIGS, curves, run, synthetic
+from .conftest import CONFIGS, curves, run, synthetic, write_run
 
 SWEEP_FILES = sorted(p.name for p in (CONFIGS / "sweeps").glob("*.yaml"))
 
@@ -115,8 +107,9 @@ def test_labels_shorten_class_paths_and_keep_values_apart() -> None:
 
 
 def test_progress_line_estimates_time_left() -> None:
-    assert progress_line(1, 4, "a/seed_0", 0.0, 0).endswith("elapsed 0:00:00 | left ?")
-    line = progress_line(3, 4, "lr=0.1/seed_0", 120.0, 2)
+    prefix = "machlite sweep: run"
+    assert progress_line(prefix, 1, 4, "a/seed_0", 0.0, 0).endswith("elapsed 0:00:00 | left ?")
+    line = progress_line(prefix, 3, 4, "lr=0.1/seed_0", 120.0, 2)
     assert line == "machlite sweep: run 3/4 lr=0.1/seed_0 | elapsed 0:02:00 | left ~0:02:00"
 
 
@@ -209,34 +202,6 @@ VAL = {  # setting -> seed -> val/acc per epoch
     "batch_size=32,lr=0.01": {0: [0.3, 0.35, 0.4], 1: [0.3, 0.36, 0.41]},
 }
 TEST = {"batch_size=32,lr=0.001": 0.7, "batch_size=64,lr=0.001": 0.5, "batch_size=32,lr=0.01": 0.4}
-
-
-def write_run(
-    run_dir: Path, val: list[float], test: float, seed: int, hparams: dict | None = None
-) -> None:
-    """A run folder as machlite sweep leaves it: event files (10 s per epoch), config, done;
-    ``hparams`` (e.g. ``model.bops``) as an HPARAMS entry, written as HParamsLogger does."""
-    writer = SummaryWriter(str(run_dir))
-    for summary in hparams_summaries(hparams, {"val/acc": 0.0}) if hparams else []:
-        writer.file_writer.add_summary(summary)
-    t0 = 1_000_000.0
-    for epoch, acc in enumerate(val):
-        for step in range(epoch * 10, epoch * 10 + 10, 5):
-            writer.add_scalar("train/loss", 1.5 - 0.01 * step - 0.1 * seed, step, walltime=t0)
-        writer.add_scalar("val/acc", acc, epoch * 10 + 9, walltime=t0 + 10.0 * (epoch + 1))
-    writer.close()
-    test_writer = SummaryWriter(str(run_dir / "test"))
-    test_writer.add_scalar("test/acc", test + 0.01 * seed, 0)
-    test_writer.close()
-    config = {
-        "data": {
-            "class_path": "machlite.datasets.JSCDataModule",
-            "init_args": {"source": "synthetic"},
-        },
-        "model": {"network": {"class_path": "machlite.models.JSCToy", "init_args": {}}},
-    }
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    (run_dir / "done.json").write_text(json.dumps({"params": 327}))
 
 
 @pytest.fixture()
@@ -346,20 +311,20 @@ def test_accuracy_vs_bops_plot_where_the_settings_differ_in_bops(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sweep, runs = width_sweep(tmp_path, [6720.0, 2240.0])
-    settings = machlite.plot.group_runs(find_runs(sweep.sweep_dir))
-    points = {label: (bops, accs) for label, bops, accs in machlite.plot.bops_points(settings)}
+    settings = machlite.figures.group_runs(find_runs(sweep.sweep_dir))
+    points = {label: (bops, accs) for label, bops, accs in machlite.figures.bops_points(settings)}
     assert points.keys() == {"weight=width_8_frac_width_4", "weight=width_4_frac_width_2"}
     # x: the setting's model.bops; y: each seed's final val/acc (the summary's final val/acc)
     assert points["weight=width_4_frac_width_2"][0] == 2240.0
     assert points["weight=width_4_frac_width_2"][1] == pytest.approx([0.6, 0.62])
     titles = {}
-    save = machlite.plot._save
+    save = machlite.figures._save
 
     def spy(fig: object, path: Path) -> None:
         titles[path.name] = " ".join(t.get_text() for t in fig.texts)  # the suptitle
         save(fig, path)
 
-    monkeypatch.setattr(machlite.plot, "_save", spy)
+    monkeypatch.setattr(machlite.figures, "_save", spy)
     files = report(sweep, runs, failed=[])
     png = sweep.sweep_dir / "plots" / "accuracy_vs_bops.png"
     assert png in files
@@ -411,7 +376,7 @@ def test_width_sweep_summary_gives_bits_and_bops_beside_accuracy(
     sweep.grid[key] = [widths[8], widths[4]]
     runs = expand(sweep)
     for r in runs:
-        run_job(Runner(sweep).job(r))
+        run_job(launcher(sweep).job(planned(sweep, r)))
     capsys.readouterr()
     report(sweep, runs, failed=[])
     with open(sweep.sweep_dir / "summary.csv") as f:
@@ -746,7 +711,7 @@ def test_finished_runs_are_skipped_unless_their_settings_changed(
 ) -> None:
     started: list[list[str]] = []
     monkeypatch.setattr(
-        Runner, "run_all", lambda self, todo: started.append([r.name for r in todo])
+        Launcher, "run_all", lambda self, todo: started.append([r.name for r in todo])
     )
     files = [tmp_path / "summary.csv", tmp_path / "runs.csv", tmp_path / "summary.md"]
     monkeypatch.setattr(machlite.sweep, "report", lambda sweep, runs, failed: files)
@@ -868,7 +833,7 @@ def test_a_job_fits_its_override_file_and_tests_the_callbacks_best_checkpoint(
         ]
     )
     (one,) = expand(sweep)
-    job = Runner(sweep).job(one)
+    job = launcher(sweep).job(planned(sweep, one))
     run_dir = Path(job["run_dir"])
     assert run_dir == sweep.sweep_dir / "max_epochs=3,lr=0.02" / "seed_7"
     # the run's overrides: one nested YAML file, values as given

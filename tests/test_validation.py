@@ -21,7 +21,7 @@ from machlite.datasets import InMemoryDataModule, JSCDataModule, MNISTDataModule
 from machlite.datasets.jsc_format import FEATURES, JSC_DATASET, JSC_FILENAME, LABELS
 from machlite.datasets.jsc_synthetic import synthetic_jets
 from machlite.errors import ConfigError, DataError
-from machlite.notices import WARNINGS_FILE
+from machlite.runs.layout import WARNINGS_FILE
 from machlite.sweep.parsing import load_sweep_file
 from machlite.sweep.spec import Run
 from machlite.sweep.summary import warnings_markdown

@@ -6,12 +6,12 @@ machlite search --config configs/jsc_tiny.yaml --space configs/search/lr_batch_s
     [--key value ...]
 
 The space file names config keys with distributions and the objectives
-(:mod:`~machlite.search.space`). Every trial's seeds are runs of the sweep engine
-(``machlite.sweep.runner`` and ``python -m machlite.sweep.job``: fit, test of the best
-checkpoint, ``done.json``), in ``SEARCH_DIR/trial=NNNN,<params>/seed_<S>``. The study lives in
-a storage (default ``SEARCH_DIR/study.db``, SQLite), so the same command run again continues
-it, and several processes given one ``--storage`` share it. At the end: ``trials.csv``,
-``trials.md``, ``best.yaml`` and ``plots/*.png``.
+(:mod:`~machlite.search.space`). Every trial's seeds are runs of the run package
+(:mod:`machlite.runs.launcher` and ``python -m machlite.runs.job``: fit, test of the best
+checkpoint, ``done.json``), as a sweep's are, in ``SEARCH_DIR/trial=NNNN,<params>/seed_<S>``.
+The study lives in a storage (default ``SEARCH_DIR/study.db``, SQLite), so the same command
+run again continues it, and several processes given one ``--storage`` share it. At the end:
+``trials.csv``, ``trials.md``, ``best.yaml`` and ``plots/*.png``.
 
 The package's modules, each one concept:
 

@@ -1,9 +1,9 @@
-"""The search loop: ask the study for a trial, run its seeds as sweep jobs, tell the result.
+"""The search loop: ask the study for a trial, run its seeds as run jobs, tell the result.
 
-Each trial's seeds are runs of a sweep with no grid (:meth:`Search.sweep`): the sweep's
-:class:`~machlite.sweep.runner.Runner` writes each run's ``overrides.yaml`` and starts
-``python -m machlite.sweep.job`` for it, exactly as ``machlite sweep`` does. The first seed's
-fit also gets :class:`~machlite.search.pruning.TrialPruner` when pruning is on. A trial's
+Each seed of a trial is a run (:meth:`Search.trial_run`): the run package's
+:class:`~machlite.runs.launcher.Launcher` writes its ``overrides.yaml`` and starts
+``python -m machlite.runs.job`` for it, exactly as for a sweep's runs. The first seed's fit
+also gets :class:`~machlite.search.pruning.TrialPruner` when pruning is on. A trial's
 objectives are the means over its seeds, read from the runs' event files.
 
 The trial count is shared by every process on the storage: a process asks for a trial only
@@ -16,7 +16,6 @@ replaces it.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,9 +23,19 @@ from pathlib import Path
 from typing import IO, Any
 
 from machlite.errors import ConfigError, Interrupted
-from machlite.events import COST, has_events, read_run, run_metrics
-from machlite.search.parsing import Search, trial_run
-from machlite.search.pruning import PRUNED_FILE, TrialPruned
+from machlite.events import COST, has_events
+from machlite.runs.launcher import (
+    PROGRESS_FLAG,
+    Launcher,
+    PlannedRun,
+    Running,
+    on_sigterm_interrupt,
+    stop_runs,
+)
+from machlite.runs.layout import RunFolder
+from machlite.runs.names import short_keys, value_label
+from machlite.runs.records import read_done, read_run, run_metrics
+from machlite.search.parsing import Search
 from machlite.search.space import SPECIAL_OBJECTIVES
 from machlite.search.study import (
     FOLDER,
@@ -39,8 +48,6 @@ from machlite.search.study import (
     require_optuna,
     tell,
 )
-from machlite.sweep.runner import Runner, Running, progress_line, stop_runs
-from machlite.sweep.spec import Run, read_done, short_keys, value_label
 
 #: A process stops asking for trials after this many of its trials failed in a row.
 FAILS_IN_A_ROW = 3
@@ -75,7 +82,7 @@ def objective_value(metric: str, direction: str, run_dir: Path) -> float | None:
     if metric == "epoch_time":
         return run_metrics(run)["sec_per_epoch"]
     values = run.values(metric)
-    test_dir = run_dir / "test"
+    test_dir = RunFolder(run_dir).test
     if not values and has_events(test_dir):
         values = read_run(test_dir).values(metric)
     if not values:
@@ -88,8 +95,9 @@ def objective_value(metric: str, direction: str, run_dir: Path) -> float | None:
 def logged_metrics(run_dir: Path) -> list[str]:
     """The scalar tags a run logged (and its test), for error messages."""
     tags = set(read_run(run_dir).scalars)
-    if has_events(run_dir / "test"):
-        tags |= set(read_run(run_dir / "test").scalars)
+    test_dir = RunFolder(run_dir).test
+    if has_events(test_dir):
+        tags |= set(read_run(test_dir).scalars)
     return sorted(tags)
 
 
@@ -97,40 +105,19 @@ def logged_metrics(run_dir: Path) -> list[str]:
 class _Trial:
     trial: Any
     folder: str
-    runs: list[Run]
-    done: list[Run] = field(default_factory=list)
+    runs: list[PlannedRun]
+    done: list[PlannedRun] = field(default_factory=list)
     running: Running | None = None
     pruned: bool = False
     failed: str = ""
 
 
-class TrialRunner(Runner):
-    """The sweep's runner, with the pruning callback added to a trial's first seed."""
-
-    def __init__(self, search: Search, out: IO[str] | None = None) -> None:
-        super().__init__(search.sweep(), search.jobs, out)
-        self.search = search
-        self.report_trial: dict[str, int] = {}
-        self.pruned: list[Run] = []
-
-    def job(self, run: Run) -> dict[str, Any]:
-        """As the sweep's, plus ``--trainer.callbacks+=TrialPruner`` for a reporting run."""
-        job = super().job(run)
-        number = self.report_trial.get(run.name)
-        if number is not None:
-            job["extra"] += self.search.pruner_args(number, job["run_dir"])
-        return job
-
-    def finish(self, running: Running) -> None:
-        """Record a run that ended: pruned (its ``pruned.json``), finished or failed."""
-        run_dir = self.sweep.sweep_dir / running.run.name
-        if (run_dir / PRUNED_FILE).is_file():
-            running.proc.wait()
-            running.log.close()
-            self.pruned.append(running.run)
-            self.say(f"machlite search: pruned {running.run.name} (exit {TrialPruned.exit_code})")
-            return
-        super().finish(running)
+def launcher(search: Search, out: IO[str] | None = None) -> Launcher:
+    """The launcher of a search's runs (the progress bar stays as set when the search sets
+    it)."""
+    sets_bar = any(key == PROGRESS_FLAG for key, _ in search.overrides)
+    hide_bar = False if sets_bar else None
+    return Launcher(search.search_dir, search.jobs, out, "machlite search", "trial", hide_bar)
 
 
 class SearchLoop:
@@ -145,7 +132,7 @@ class SearchLoop:
     def __init__(self, search: Search, study: Any, out: IO[str] | None = None) -> None:
         self.search = search
         self.study = study
-        self.runner = TrialRunner(search, out)
+        self.runner = launcher(search, out)
         self.owner = owner()
         self.ran: list[int] = []
         self.told = 0
@@ -201,28 +188,27 @@ class SearchLoop:
         values = {p.key: trial.params[p.key] for p in self.search.space.params}
         folder = trial_folder(trial.number, values)
         trial.set_user_attr(FOLDER, folder)
-        runs = [trial_run(folder, values, seed) for seed in self.search.seeds]
-        if self.search.prune:
-            self.runner.report_trial[runs[0].name] = trial.number
+        runs = [self.search.trial_run(folder, values, seed) for seed in self.search.seeds]
+        if self.search.prune:  # the first seed reports to the pruner
+            pruner = self.search.pruner_args(trial.number, str(self.runner.folder(runs[0]).path))
+            runs[0] = self.search.trial_run(folder, values, self.search.seeds[0], pruner)
         return _Trial(trial, folder, runs)
 
     # -- running ------------------------------------------------------------------------------
     def _start_next(self, item: _Trial, total: int) -> None:
         run = item.runs[len(item.done)]
         elapsed = time.time() - self.started
-        line = progress_line(len(self.ran), total, run.name, elapsed, self.told)
-        self.say(line.replace("machlite sweep: run", "machlite search: trial"))
+        self.say(self.runner.progress(len(self.ran), total, run.name, elapsed, self.told))
         item.running = self.runner.start(run)
 
     def _finish_run(self, item: _Trial) -> None:
         assert item.running is not None
-        n_failed, n_pruned = len(self.runner.failed), len(self.runner.pruned)
-        self.runner.finish(item.running)
+        how = self.runner.finish(item.running)
         run = item.running.run
         item.running = None
-        if len(self.runner.pruned) > n_pruned:
+        if how == "pruned":
             item.pruned = True
-        elif len(self.runner.failed) > n_failed:
+        elif how == "failed":
             item.failed = self.runner.failed[-1][2]
         else:
             item.done.append(run)
@@ -298,36 +284,12 @@ class SearchLoop:
             Interrupted: Ctrl-C or SIGTERM; the running trials were stopped and marked FAIL
                 (a search run again replaces them).
         """
-        from machlite.sweep.runner import interrupt
-
         total = max(self.budget_left() or 0, 1)
-        main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
         stop = threading.Event()
         threading.Thread(target=self._heartbeat, args=(stop,), daemon=True).start()
         try:
-            while True:
-                while len(self._active) < self.search.jobs and self._may_start():
-                    item = self._ask()
-                    if item is None:
-                        break
-                    self._active.append(item)
-                    self.ran.append(item.trial.number)
-                    total = max(total, len(self.ran))
-                    self._start_next(item, total)
-                if not self._active:
-                    break
-                for item in list(self._active):
-                    if item.running is None or item.running.proc.poll() is None:
-                        continue
-                    self._finish_run(item)
-                    if not (item.pruned or item.failed) and len(item.done) < len(item.runs):
-                        self._start_next(item, total)
-                        continue
-                    self._active.remove(item)
-                    self._tell(item)
-                if self._active:
-                    time.sleep(0.2)
+            with on_sigterm_interrupt():
+                self._loop(total)
         except KeyboardInterrupt:
             stop_runs([item.running for item in self._active if item.running is not None])
             self._fail_active("interrupted (Ctrl-C or SIGTERM) while it ran")
@@ -337,9 +299,32 @@ class SearchLoop:
             ) from None
         finally:
             stop.set()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
         return self.ran
+
+    def _loop(self, total: int) -> None:
+        """Start trials while the budget allows; finish and tell them as their runs end."""
+        while True:
+            while len(self._active) < self.search.jobs and self._may_start():
+                item = self._ask()
+                if item is None:
+                    break
+                self._active.append(item)
+                self.ran.append(item.trial.number)
+                total = max(total, len(self.ran))
+                self._start_next(item, total)
+            if not self._active:
+                break
+            for item in list(self._active):
+                if item.running is None or item.running.proc.poll() is None:
+                    continue
+                self._finish_run(item)
+                if not (item.pruned or item.failed) and len(item.done) < len(item.runs):
+                    self._start_next(item, total)
+                    continue
+                self._active.remove(item)
+                self._tell(item)
+            if self._active:
+                time.sleep(0.2)
 
 
 def run_search(search: Search, out: IO[str] | None = None) -> tuple[Any, SearchLoop]:

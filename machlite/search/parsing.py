@@ -18,11 +18,22 @@ from typing import Any
 
 from machlite.atomic import atomic_write
 from machlite.errors import BadArguments, ConfigError, MachliteError, PlainArgumentParser
-from machlite.events import is_synthetic_config
+from machlite.runs.launcher import PlannedRun
+from machlite.runs.layout import OVERRIDES_FILE
+from machlite.runs.names import run_name
+from machlite.runs.settings import (
+    RESERVED,
+    RunSettings,
+    cli_value,
+    is_synthetic_config,
+    load_config,
+    merge_config,
+    override_block,
+    parse_overrides,
+    parse_seeds,
+)
 from machlite.search.space import Space, load_space
 from machlite.search.study import SAMPLERS, default_storage
-from machlite.sweep.parsing import RESERVED, cli_value, parse_overrides, parse_seeds
-from machlite.sweep.spec import OVERRIDES_FILE, Run, Sweep, load_config, merge_config, run_settings
 
 
 @dataclass
@@ -63,16 +74,22 @@ class Search:
     prune: bool = True
     search_dir: Path = Path("searches/search")
 
-    def sweep(self) -> Sweep:
-        """The search as a sweep with no grid: each trial's values come with its runs, so the
-        sweep's runner and job run them (:mod:`machlite.sweep.runner`)."""
-        return Sweep(
-            self.config, {}, self.seeds, self.overrides, name=self.study, sweep_dir=self.search_dir
-        )
+    def settings(self, values: dict[str, Any], seed: int) -> RunSettings:
+        """One seed of a trial as run settings: the base config, then an override block of
+        the fixed settings and the trial's values (as command-line text)."""
+        pairs = [*self.overrides, *((k, cli_value(v)) for k, v in values.items())]
+        return RunSettings(self.config, override_block(pairs), seed)
+
+    def trial_run(
+        self, folder: str, values: dict[str, Any], seed: int, extra: Sequence[str] = ()
+    ) -> PlannedRun:
+        """One seed of a trial, as the launcher runs it: ``FOLDER/seed_S`` in the search
+        folder, with further ``machlite fit`` flags ``extra`` (the pruning callback)."""
+        return PlannedRun(run_name(folder, seed), self.settings(values, seed), tuple(extra))
 
     def override_block(self, values: dict[str, Any]) -> dict[str, Any]:
         """A trial's override block: the fixed settings, then its values (nested, typed)."""
-        return run_settings(self.sweep(), trial_run("t", values, self.seeds[0])).overrides
+        return self.settings(values, self.seeds[0]).overrides
 
     def merged_config(self, values: dict[str, Any]) -> dict[str, Any]:
         """The base config with a trial's override block merged in."""
@@ -101,11 +118,6 @@ class Search:
             "overrides": [list(o) for o in self.overrides],
             "seeds": self.seeds,
         }
-
-
-def trial_run(setting: str, values: dict[str, Any], seed: int) -> Run:
-    """One seed of a trial as a sweep run: its values as command-line text."""
-    return Run(setting, {k: cli_value(v) for k, v in values.items()}, seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +189,8 @@ def parse_search(argv: Sequence[str]) -> Search:
     overrides = [*space.overrides, *parse_overrides(extra)]
     for key, _ in overrides:
         if key in RESERVED:
-            raise ConfigError(f"--{key} cannot be set in a search: {RESERVED[key]}")
+            why = RESERVED[key].format(front="search")
+            raise ConfigError(f"--{key} cannot be set in a search: {why}")
         if key in space.keys:
             raise ConfigError(f"{key} is both searched (in the space) and fixed (--{key})")
     single_val = len(space.objectives) == 1 and next(iter(space.objectives)).startswith("val/")
@@ -235,12 +248,11 @@ def check_space(search: Search) -> None:
     """
     from machlite.cli import check_args
 
-    sweep = search.sweep()
     with tempfile.TemporaryDirectory(prefix="machlite_search_") as folder:
         path = Path(folder) / OVERRIDES_FILE
         for point in sample_points(search.space):
             label = ",".join(f"{k}={cli_value(v)}" for k, v in point.items())
-            settings = run_settings(sweep, trial_run("check", point, search.seeds[0]))
+            settings = search.settings(point, search.seeds[0])
             atomic_write(path, settings.yaml())
             try:
                 check_args([*settings.args(path), *search.pruner_args(0, folder)])
@@ -252,4 +264,4 @@ def check_space(search: Search) -> None:
                 raise ConfigError(f"space point {label}: {message}") from err
 
 
-__all__ = ["Search", "build_parser", "check_space", "parse_search", "sample_points", "trial_run"]
+__all__ = ["Search", "build_parser", "check_space", "parse_search", "sample_points"]

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
 from machlite.atomic import atomic_write_json
 from machlite.errors import MachliteError
-
-#: The file a pruned run leaves in its folder.
-PRUNED_FILE = "pruned.json"
+from machlite.runs.layout import RunFolder
 
 
 def callback_args(
@@ -99,7 +96,7 @@ class TrialPruner(Callback):
             trial.report(value, epoch)
         if not math.isfinite(value) or trial.should_prune():
             atomic_write_json(
-                Path(self.run_dir) / PRUNED_FILE,
+                RunFolder(self.run_dir).pruned,
                 {"trial": self.trial, "epoch": epoch + 1, "monitor": self.monitor, "value": value},
             )
             raise TrialPruned(

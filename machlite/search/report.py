@@ -17,11 +17,11 @@ from typing import Any
 
 import yaml
 
-from machlite.atomic import atomic_path, atomic_write
+from machlite.atomic import atomic_path, atomic_write, write_csv
+from machlite.runs.names import short_keys
+from machlite.runs.settings import load_config, merge_config, set_key
 from machlite.search.parsing import Search
 from machlite.search.study import FOLDER, NOTE, OVER_BUDGET, OWNER, SEED_VALUES, shown_url
-from machlite.sweep.spec import load_config, merge_config, set_key, short_keys
-from machlite.sweep.summary import write_csv
 
 
 def _trials(study: Any) -> list[Any]:

@@ -7,20 +7,20 @@ machlite sweep --sweep configs/sweeps/lab1_batch_size.yaml [--key value ...]
 
 Each run is a ``machlite fit`` of the base config plus the run's own override block (its
 ``overrides.yaml``, a second ``--config``), then a ``machlite test`` of its best checkpoint,
-both in one subprocess (``python -m machlite.sweep.job``). Runs land in
+both in one subprocess (``python -m machlite.runs.job``, launched by
+:class:`machlite.runs.launcher.Launcher`). Runs land in
 ``SWEEP_DIR/<setting>/seed_<S>`` (e.g. ``batch_size=32,lr=0.001/seed_0``), the test results
 in its ``test/`` folder, the console output in its ``run.log``. A finished run writes
 ``done.json`` (atomically) last; a sweep run again skips the runs that have one with the same
 settings and redoes the others. At the end: ``summary.csv``, ``summary.md``, ``runs.csv``
 and ``plots/*.png`` in the sweep folder.
 
-The package's modules, each one concept, import one way (``spec`` <- ``parsing``,
-``runner``, ``summary``, ``job`` <- this module):
+The sweep is a front end on :mod:`machlite.runs`: it turns a grid into run settings, and
+the run package launches, records and reads them. Its modules import one way (``spec`` <-
+``parsing``, ``summary`` <- this module):
 
 - :mod:`~machlite.sweep.spec`: the sweep's definition, its runs and each run's settings;
 - :mod:`~machlite.sweep.parsing`: the command line and sweep files;
-- :mod:`~machlite.sweep.runner`: launching the runs, progress, stopping;
-- :mod:`~machlite.sweep.job`: one run, in its own process;
 - :mod:`~machlite.sweep.summary`: the summary tables and plots.
 """
 
@@ -32,35 +32,23 @@ from typing import IO
 
 from machlite.atomic import atomic_write_json
 from machlite.errors import MachliteError
+from machlite.runs.launcher import PROGRESS_FLAG, Launcher
+from machlite.runs.records import read_done
 from machlite.sweep.parsing import check_settings, parse_sweep
-from machlite.sweep.runner import Runner, progress_line
-from machlite.sweep.spec import (
-    Run,
-    RunSettings,
-    Sweep,
-    block_value,
-    expand,
-    is_finished,
-    read_done,
-    run_settings,
-)
+from machlite.sweep.spec import Run, Sweep, expand, is_finished, planned, run_settings
 from machlite.sweep.summary import report, summarize
 
 __all__ = [
     "Run",
-    "RunSettings",
-    "Runner",
     "Sweep",
     "check_settings",
     "expand",
     "main",
     "parse_sweep",
-    "progress_line",
     "report",
     "run_settings",
     "run_sweep",
     "summarize",
-    "block_value",
 ]
 
 
@@ -68,16 +56,24 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def run_sweep(sweep: Sweep, jobs: int = 1, out: IO[str] | None = None) -> Runner:
+def launcher(sweep: Sweep, jobs: int = 1, out: IO[str] | None = None) -> Launcher:
+    """The launcher of the sweep's runs (the progress bar stays as set when the sweep sets
+    it)."""
+    sets_bar = any(key == PROGRESS_FLAG for key, _ in sweep.overrides)
+    return Launcher(sweep.sweep_dir, jobs, out, hide_bar=False if sets_bar else None)
+
+
+def run_sweep(sweep: Sweep, jobs: int = 1, out: IO[str] | None = None) -> Launcher:
     """Run the sweep's unfinished runs, then write its summary and plots.
 
     A run is finished when its folder has a ``done.json`` whose signature is the run's
-    current one (:meth:`RunSettings.signature`); the others are (re)done.
+    current one (:meth:`~machlite.runs.settings.RunSettings.signature`); the others are
+    (re)done.
 
     Returns:
-        The runner, with its ``finished`` and ``failed`` runs.
+        The launcher, with its ``finished`` and ``failed`` runs.
     """
-    runner = Runner(sweep, jobs, out)
+    runner = launcher(sweep, jobs, out)
     runs = expand(sweep)
     sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(
@@ -107,7 +103,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, out: IO[str] | None = None) -> Runner
         f"{len(runs)} runs in {sweep.sweep_dir}; {len(runs) - len(todo)} already finished "
         f"(skipped), {len(todo)} to run, {jobs} at a time"
     )
-    runner.run_all(todo)
+    runner.run_all([planned(sweep, run) for run in todo])
     files = report(sweep, runs, runner.failed)
     if files[2].is_file():  # the final table, as summary.md has it
         summary = files[2].read_text().splitlines()

@@ -7,7 +7,6 @@ parses every setting as ``machlite fit`` would, without training.
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from collections.abc import Sequence
@@ -19,54 +18,18 @@ import yaml
 from machlite.atomic import atomic_write
 from machlite.config_files import yaml_error_message
 from machlite.errors import BadArguments, ConfigError, MachliteError, PlainArgumentParser
-from machlite.sweep.spec import (
-    OVERRIDES_FILE,
-    Sweep,
-    expand,
-    is_synthetic_sweep,
-    run_settings,
+from machlite.runs.layout import OVERRIDES_FILE
+from machlite.runs.settings import (
+    RESERVED,
+    cli_value,
+    parse_overrides,
+    parse_seeds,
+    parse_values,
 )
+from machlite.sweep.spec import Sweep, expand, is_synthetic_sweep, run_settings
 
-#: Keys the sweep sets itself, so they cannot be fixed by an override.
-RESERVED = {
-    "seed_everything": "use --seeds",
-    "runs_dir": "use --sweep_dir",
-    "run_name": "the sweep names every run",
-    "config": "give the config with --config",
-}
 SWEEP_FILE_KEYS = ("config", "name", "grid", "seeds", "overrides", "link", "description")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
-
-
-def cli_value(value: Any) -> str:
-    """A YAML value as a ``machlite fit`` command-line value."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, list | dict):
-        return json.dumps(value)
-    return str(value)
-
-
-def parse_values(text: str) -> list[str]:
-    """``"32,64,128"`` -> ``["32", "64", "128"]``."""
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
-def parse_seeds(value: Any) -> list[int]:
-    """Seeds from ``"0,1,2"``, ``[0, 1, 2]`` or ``0``."""
-    items = parse_values(value) if isinstance(value, str) else value
-    items = items if isinstance(items, list) else [items]
-    try:
-        seeds = [int(s) for s in items]
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"seeds must be integers like 0,1,2, got {value!r}") from err
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds must be distinct integers like 0,1,2, got {value!r}")
-    return seeds
 
 
 def parse_grid_option(text: str) -> tuple[str, list[str]]:
@@ -76,30 +39,6 @@ def parse_grid_option(text: str) -> tuple[str, list[str]]:
     if not sep or not parse_values(values):
         raise ConfigError(f"--grid {text!r}: write KEY=V1,V2,..., e.g. data.batch_size=32,64")
     return key, parse_values(values)
-
-
-def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, str]]:
-    """``["--trainer.max_epochs", "2", "--data.source=synthetic"]`` -> key/value pairs."""
-    out = []
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if not token.startswith("--") or token == "--":
-            raise ConfigError(
-                f"unexpected argument {token!r}: settings for every run are --key value "
-                "pairs, e.g. --trainer.max_epochs 2"
-            )
-        if "=" in token:
-            key, value = token[2:].split("=", 1)
-            i += 1
-        else:
-            key = token[2:]
-            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
-                raise ConfigError(f"--{key} needs a value, e.g. --{key} VALUE")
-            value = tokens[i + 1]
-            i += 2
-        out.append((key, value))
-    return out
 
 
 def load_sweep_file(path: Path) -> dict[str, Any]:
@@ -158,7 +97,8 @@ def validate(sweep: Sweep) -> None:
         if not _KEY.match(key):
             raise ConfigError(f"{key!r} is not a config key like data.batch_size")
         if key in RESERVED:
-            raise ConfigError(f"--{key} cannot be set in a sweep: {RESERVED[key]}")
+            why = RESERVED[key].format(front="sweep")
+            raise ConfigError(f"--{key} cannot be set in a sweep: {why}")
     for key in sweep.grid:
         if key in fixed:
             raise ConfigError(f"{key} is both swept (--grid) and fixed (--{key}): drop one")

@@ -2,22 +2,24 @@
 ``summary.md`` and the plots.
 
 Every number comes from what the runs wrote (event files read by
-:mod:`machlite.events`, their ``done.json``), never from console output. The files are
+:mod:`machlite.runs.records`, their ``done.json``), never from console output. The files are
 written atomically (:mod:`machlite.atomic`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
 
-from machlite.atomic import atomic_write
-from machlite.events import COST, is_synthetic, read_run, run_metrics
+from machlite.atomic import atomic_write, write_csv
+from machlite.events import COST
 from machlite.notices import read_warnings
-from machlite.sweep.spec import Run, Sweep, read_done, short_keys
+from machlite.runs.launcher import PlannedRun
+from machlite.runs.names import short_keys
+from machlite.runs.records import read_done, read_run, run_metrics
+from machlite.runs.settings import is_synthetic
+from machlite.sweep.spec import Run, Sweep
 
 METRICS = ("val_acc_final", "val_acc_best", "test_acc", "epochs_to_best", "sec_per_epoch")
 METRIC_TITLES = {
@@ -95,22 +97,6 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _csv_value(value: Any) -> Any:
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return "" if value is None else value
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write dict rows as CSV (the first row's keys are the header), atomically."""
-    text = io.StringIO(newline="")
-    if rows:
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows({k: _csv_value(v) for k, v in row.items()} for row in rows)
-    atomic_write(path, text.getvalue())
-
-
 def _mean_std(row: dict[str, Any], metric: str, digits: int) -> str:
     mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
     if mean is None:
@@ -140,7 +126,7 @@ def summary_markdown(
     sweep: Sweep,
     setting_rows: list[dict[str, Any]],
     total: int,
-    failed: list[tuple[Run, int, str]],
+    failed: list[tuple[PlannedRun, int, str]],
     plots: list[Path],
     synthetic: bool,
 ) -> str:
@@ -219,13 +205,13 @@ def warnings_markdown(sweep: Sweep, runs: list[Run]) -> str:
     return "\n".join(["", "## Warnings", "", intro, "", *lines, ""])
 
 
-def report(sweep: Sweep, runs: list[Run], failed: list[tuple[Run, int, str]]) -> list[Path]:
+def report(sweep: Sweep, runs: list[Run], failed: list[tuple[PlannedRun, int, str]]) -> list[Path]:
     """Write summary.csv, runs.csv, summary.md and the plots of the finished runs.
 
     Returns:
         The files written: summary.csv, runs.csv, summary.md, then the plots.
     """
-    from machlite.plot import draw  # matplotlib: only when a summary is drawn
+    from machlite.figures import draw  # matplotlib: only when a summary is drawn
 
     run_rows, setting_rows = summarize(sweep, runs)
     out = sweep.sweep_dir

@@ -1,10 +1,10 @@
-"""One run of a sweep, in its own process: fit, test the best checkpoint, write ``done.json``.
+"""One run, in its own process: fit, test the best checkpoint, write ``done.json``.
 
-``machlite sweep`` starts ``python -m machlite.sweep.job JSON`` for every run (see
-:mod:`machlite.sweep.runner`); the JSON is :func:`run_job`'s ``job``. Both steps run
-in-process through :func:`machlite.cli.run_lightning`. ``done.json`` is written last,
-atomically, so a run folder without one is unfinished. A user-fixable error ends the process
-with ``machlite: error: ...`` on stderr and the error's exit code.
+The launcher (:mod:`machlite.runs.launcher`) starts ``python -m machlite.runs.job JSON`` for
+every run; the JSON is :func:`run_job`'s ``job``. Both steps run in-process through
+:func:`machlite.cli.run_lightning`. ``done.json`` is written last, atomically, so a run folder
+without one is unfinished. A user-fixable error ends the process with ``machlite: error:
+...`` on stderr and the error's exit code.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 from machlite.atomic import atomic_write_json
 from machlite.errors import BadArguments, MachliteError
-from machlite.sweep.spec import DONE_FILE
+from machlite.runs.layout import TEST_DIR, RunFolder
 
 
 def best_checkpoint(trainer: Any, run_dir: Path) -> Path:
@@ -35,14 +35,14 @@ def best_checkpoint(trainer: Any, run_dir: Path) -> Path:
     best = getattr(callback, "best_model_path", "") or ""
     if best and Path(best).is_file():
         return Path(best)
-    last = Path(getattr(callback, "last_model_path", "") or run_dir / "checkpoints" / "last.ckpt")
+    last = Path(getattr(callback, "last_model_path", "") or RunFolder(run_dir).last_checkpoint)
     if last.is_file():
         return last
     raise MachliteError(f"the run saved no checkpoint in {last.parent}: cannot test it")
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Fit, test the best checkpoint, then write ``done.json``: one run of a sweep.
+    """Fit, test the best checkpoint, then write ``done.json``: one run.
 
     Args:
         job: ``args`` (the full ``machlite fit`` arguments), ``extra`` (added to the fit),
@@ -56,24 +56,25 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         MachliteError: A user-fixable problem in the fit or the test.
     """
     from machlite.cli import run_lightning
-    from machlite.events import count_network_parameters, read_run, run_metrics
+    from machlite.models import count_parameters
+    from machlite.runs.records import read_run, run_metrics
 
-    run_dir = Path(job["run_dir"])
+    folder = RunFolder(job["run_dir"])
     started = time.time()
     fit = run_lightning([*job["args"], *job["extra"]])
     fitted = time.time()
-    ckpt = best_checkpoint(fit.trainer, run_dir)
+    ckpt = best_checkpoint(fit.trainer, folder.path)
     run_lightning(
         [
             "test",
             "--config",
-            str(run_dir / "config.yaml"),
+            str(folder.config),
             "--ckpt_path",
             str(ckpt),
             "--runs_dir",
             job["runs_dir"],
             "--run_name",
-            f"{job['run_name']}/test",
+            f"{job['run_name']}/{TEST_DIR}",
             "--trainer.enable_progress_bar",
             "false",
         ]
@@ -82,22 +83,22 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     record = {
         "run": job["run_name"],
         "signature": job["signature"],
-        "metrics": run_metrics(read_run(run_dir, job["run_name"])),
-        "params": count_network_parameters(run_dir),
+        "metrics": run_metrics(read_run(folder.path, job["run_name"])),
+        "params": count_parameters(fit.model.network),
         "tested_checkpoint": ckpt.name,
         "fit_seconds": round(fitted - started, 3),
         "test_seconds": round(finished - fitted, 3),
         "started": started,
         "finished": finished,
     }
-    atomic_write_json(run_dir / DONE_FILE, record)
+    atomic_write_json(folder.done, record)
     return record
 
 
 def main(argv: Sequence[str]) -> None:
-    """``python -m machlite.sweep.job JSON``: run one job; errors as one line and exit code."""
+    """``python -m machlite.runs.job JSON``: run one job; errors as one line and exit code."""
     if len(argv) != 1:
-        raise SystemExit("usage: python -m machlite.sweep.job JSON (machlite sweep runs this)")
+        raise SystemExit("usage: python -m machlite.runs.job JSON (machlite sweep runs this)")
     try:
         run_job(json.loads(argv[0]))
     except BadArguments as err:

@@ -1,0 +1,4 @@
+"""The run: the ground every command stands on.
+
+- :mod:`machlite.runs.layout`: one run's folder (every file name in it).
+"""

@@ -117,46 +117,25 @@ def _inherits(obj: object, base: type, name: str) -> bool:
     return getattr(getattr(obj, name), "__func__", None) is getattr(base, name)
 
 
-def skips_step_hooks(module: pl.LightningModule) -> bool:
-    """Whether the multi-step calls may bypass Lightning's per-step hook dispatch.
+def fast_path_blocker(module: pl.LightningModule, steps: str = "fast steps") -> str | None:
+    """Why this fit's steps must go through Lightning's per-step hook dispatch, or None.
 
-    Only when nothing could notice: one process (no DDP gradient hooks), 32-bit precision
-    (no autocast or loss scaling), no profiler (its report lists the hooks), and no callback
-    or module (subclass or instance) that overrides ``on_before_backward``,
-    ``on_after_backward`` or ``on_before_optimizer_step``, nor ``backward`` or
-    ``manual_backward`` on the module. Otherwise every step goes through Lightning's
-    ``manual_backward`` and ``LightningOptimizer.step``, with all their hooks.
+    The one test of whether the fast path may apply (:func:`skips_step_hooks` and
+    :func:`compile_blocker` both ask it): only when nothing could notice the hooks skipped:
+    one process (no DDP gradient hooks), 32-bit precision (no autocast or loss scaling), no
+    profiler (its report lists the hooks), and no callback or module (subclass or instance)
+    that overrides ``on_before_backward``, ``on_after_backward`` or
+    ``on_before_optimizer_step``, nor ``backward`` or ``manual_backward`` on the module.
+
+    Args:
+        module: The task, attached to its trainer.
+        steps: What the reason says cannot run, e.g. "compiled steps".
     """
     trainer = module.trainer
     if type(trainer.strategy) is not SingleDeviceStrategy:
-        return False
+        return f"strategy {type(trainer.strategy).__name__}: {steps} run on one device"
     if type(trainer.strategy.precision_plugin) is not Precision:
-        return False
-    if type(trainer.profiler) is not PassThroughProfiler:
-        return False
-    for callback in trainer.callbacks:
-        if not all(_inherits(callback, Callback, hook) for hook in STEP_HOOKS):
-            return False
-    own = (*STEP_HOOKS, "backward", "manual_backward")
-    return all(_inherits(module, pl.LightningModule, hook) for hook in own)
-
-
-def compile_blocker(module: pl.LightningModule) -> str | None:
-    """Why this fit's steps cannot run compiled (``model.compile``), or None when they can.
-
-    Compiled steps need what the fast path needs (one device, 32-bit, no profiler, no
-    per-step hooks; :func:`skips_step_hooks`) and an optimizer whose update
-    :mod:`machlite.compiled` writes out.
-    """
-    trainer = module.trainer
-    if module.steps_per_call < 2:
-        return "model.steps_per_call is 1; compiled steps run several per call (e.g. 32)"
-    if on_ipu(trainer):
-        return "on IPUs poptorch compiles the step itself"
-    if type(trainer.strategy) is not SingleDeviceStrategy:
-        return f"strategy {type(trainer.strategy).__name__}: compiled steps run on one device"
-    if type(trainer.strategy.precision_plugin) is not Precision:
-        return f"precision {trainer.precision}: compiled steps run in 32-bit"
+        return f"precision {trainer.precision}: {steps} run in 32-bit"
     if type(trainer.profiler) is not PassThroughProfiler:
         return "a profiler is attached (it times Lightning's per-step hooks)"
     for callback in trainer.callbacks:
@@ -166,6 +145,34 @@ def compile_blocker(module: pl.LightningModule) -> str | None:
     for hook in (*STEP_HOOKS, "backward", "manual_backward"):
         if not _inherits(module, pl.LightningModule, hook):
             return f"the task overrides {hook}"
+    return None
+
+
+def skips_step_hooks(module: pl.LightningModule) -> bool:
+    """Whether the multi-step calls may bypass Lightning's per-step hook dispatch.
+
+    Only when nothing could notice (:func:`fast_path_blocker` finds nothing). Otherwise every
+    step goes through Lightning's ``manual_backward`` and ``LightningOptimizer.step``, with
+    all their hooks.
+    """
+    return fast_path_blocker(module) is None
+
+
+def compile_blocker(module: pl.LightningModule) -> str | None:
+    """Why this fit's steps cannot run compiled (``model.compile``), or None when they can.
+
+    Compiled steps need several steps per call, no IPU, what the fast path needs (one
+    device, 32-bit, no profiler, no per-step hooks; :func:`fast_path_blocker`) and an
+    optimizer whose update :mod:`machlite.compiled` writes out.
+    """
+    trainer = module.trainer
+    if module.steps_per_call < 2:
+        return "model.steps_per_call is 1; compiled steps run several per call (e.g. 32)"
+    if on_ipu(trainer):
+        return "on IPUs poptorch compiles the step itself"
+    reason = fast_path_blocker(module, steps="compiled steps")
+    if reason is not None:
+        return reason
     optimizers = trainer.optimizers
     if len(optimizers) != 1:
         return f"{len(optimizers)} optimizers; compiled steps drive one"
@@ -431,6 +438,7 @@ __all__ = [
     "MultiStepEngine",
     "compile_blocker",
     "due",
+    "fast_path_blocker",
     "show_loss",
     "skips_step_hooks",
     "sync_buffers",

@@ -50,6 +50,11 @@ class InMemoryDataModule(pl.LightningDataModule):
         eval_batch_size: Batch size for validation, test and predict (results do not depend
             on it; larger is faster).
         seed: Seed of the validation split and of the per-epoch training order.
+        steps_per_call: Batches the training loader hands over per Lightning call, as one
+            :class:`~machlite.datasets.loader.BatchGroup`: the model's ``steps_per_call``.
+            The CLI links it from ``model.steps_per_call`` (set that one); as a library, give
+            the datamodule the model's value: :class:`~machlite.module.Classifier` stops a
+            fit at its start when the two differ.
     """
 
     num_classes: int
@@ -64,6 +69,7 @@ class InMemoryDataModule(pl.LightningDataModule):
         batch_size: PositiveInt = 256,
         eval_batch_size: PositiveInt = 1024,
         seed: int = 0,
+        steps_per_call: PositiveInt = 1,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -76,6 +82,9 @@ class InMemoryDataModule(pl.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
+        if steps_per_call < 1:
+            raise ConfigError(f"data.steps_per_call must be >= 1, got {steps_per_call}")
+        self.steps_per_call = int(steps_per_call)
         self.splits: dict[str, Split] = {}
         self._prepare_error: MachliteError | None = None
         self._loading = False
@@ -150,11 +159,6 @@ class InMemoryDataModule(pl.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def _steps_per_call(self) -> int:
-        trainer = self.trainer
-        module = trainer.lightning_module if trainer is not None else None
-        return int(getattr(module, "steps_per_call", 1))
-
     def _loader(self, split: str, shuffle: bool) -> InMemoryLoader:
         if split not in self.splits:
             self.setup()
@@ -175,7 +179,7 @@ class InMemoryDataModule(pl.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world_size,
-            batches_per_item=self._steps_per_call() if shuffle else 1,
+            batches_per_item=self.steps_per_call if shuffle else 1,
         )
 
     def train_dataloader(self) -> InMemoryLoader:

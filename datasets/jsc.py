@@ -167,6 +167,8 @@ class JSCDataModule(InMemoryDataModule):
         synthetic_jets: Number of jets in the synthetic file (``source: synthetic`` only).
         drop_nonfinite: Drop the jets that have a NaN or infinite value, with a warning
             saying how many (default: stop with an error naming the file, fields and rows).
+        steps_per_call: Batches per training call, the model's ``steps_per_call`` (the CLI
+            links it; see :class:`~machlite.datasets.base.InMemoryDataModule`).
     """
 
     num_classes = 5
@@ -186,8 +188,9 @@ class JSCDataModule(InMemoryDataModule):
         seed: int = 0,
         synthetic_jets: AtLeast100 = 100_000,
         drop_nonfinite: bool = False,
+        steps_per_call: PositiveInt = 1,
     ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, seed)
+        super().__init__(data_dir, batch_size, eval_batch_size, seed, steps_per_call)
         if source not in ("cernbox", "synthetic"):
             raise ConfigError(f"data.source must be 'cernbox' or 'synthetic', got {source!r}")
         if not 0.0 <= val_fraction < 1.0:

@@ -51,6 +51,8 @@ class MNISTDataModule(InMemoryDataModule):
             whole number of pixels, at most this many each way (0: none; 2 is a good value).
             Validation and test images are never augmented. Not applied on the IPU path,
             which feeds poptorch the plain dataset.
+        steps_per_call: Batches per training call, the model's ``steps_per_call`` (the CLI
+            links it; see :class:`~machlite.datasets.base.InMemoryDataModule`).
     """
 
     num_classes = 10
@@ -64,8 +66,9 @@ class MNISTDataModule(InMemoryDataModule):
         val_size: PositiveInt = 5000,
         seed: int = 0,
         augment_shift: NonNegativeInt = 0,
+        steps_per_call: PositiveInt = 1,
     ) -> None:
-        super().__init__(data_dir, batch_size, eval_batch_size, seed)
+        super().__init__(data_dir, batch_size, eval_batch_size, seed, steps_per_call)
         if not 0 < val_size < MNIST_TRAIN_SIZE:
             raise ConfigError(
                 f"data.val_size must be in [1, {MNIST_TRAIN_SIZE - 1}], got {val_size}"

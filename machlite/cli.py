@@ -20,77 +20,38 @@ from typing import Any
 import lightning.pytorch as pl
 from jsonargparse import ActionConfigFile
 from jsonargparse.typing import NonNegativeInt
-from lightning.pytorch.callbacks import Callback, Checkpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from machlite.accelerator import choose_accelerator, stop_gpu_probe
-from machlite.callbacks import (
-    CollapseWarning,
-    ConfusionReport,
-    DivergenceGuard,
-    HParamsLogger,
-    PredictionWriter,
-    RunReport,
-)
-from machlite.callbacks.progress import count_steps, plain_default_bar
-from machlite.callbacks.summary import summarize_network
-from machlite.checkpoint import (
-    AtomicCheckpointIO,
-    MachliteCheckpoint,
-    ResumeState,
-    find_last_checkpoint,
-    load_checkpoint_file,
-    plan_resume,
-)
+from machlite.accelerator_setup import set_up_accelerator
+from machlite.callbacks.wiring import CALLBACKS, hparams_settings, wire_trainer
+from machlite.checkpoint import AtomicCheckpointIO, MachliteCheckpoint, load_checkpoint_file
 from machlite.config_files import check_config_syntax, name_config_file
 from machlite.datasets import InMemoryDataModule
 from machlite.errors import BadArguments, ConfigError, first_line
 from machlite.explain import OneLineArgumentParser, explain
-from machlite.ipu import ipu_strategy
-from machlite.loggers import ResumableTensorBoardLogger, allocate_version
 from machlite.module import Classifier
+from machlite.run_setup import experiment_name, resolve_last, run_logger, run_target
 from machlite.types import PositiveInt
 
 DESCRIPTION = """machlite: train small networks (JSC-Tiny/Toy/Will, the MNIST CNN) with Lightning.
 `machlite --help` lists every subcommand. Start with: machlite fit --config configs/jsc_will.yaml"""
 
 
-#: machlite's callbacks, by config key, in the order they run. Each is on by default, shown by
-#: ``--print_config`` with its options, and switched off with ``KEY: null`` in a config (or
-#: ``--KEY null``); ``prediction_writer`` is used by ``machlite predict`` only.
-CALLBACKS: dict[str, type[Callback]] = {
-    "run_report": RunReport,
-    "hparams_logger": HParamsLogger,
-    "resume_state": ResumeState,
-    "divergence_guard": DivergenceGuard,
-    "collapse_warning": CollapseWarning,
-    "test_report": ConfusionReport,
-    "prediction_writer": PredictionWriter,
-}
-
-
 def _class_path(cls: type) -> dict[str, str]:
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            name = prefix if key == "init_args" else f"{prefix}.{key}" if prefix else key
-            _flatten(name, sub, out)
-    elif isinstance(value, bool | int | float | str):
-        # plain types: jsonargparse's restricted types (PositiveInt...) are subclasses
-        out[prefix] = next(t for t in (bool, int, float, str) if isinstance(value, t))(value)
-    elif value is not None:
-        out[prefix] = str(value)
-
-
 class MachliteCLI(LightningCLI):
     """LightningCLI with machlite's defaults: runs under ``runs/<experiment>/version_N`` with a
-    TensorBoard logger, best and last checkpoints, linked data/model shapes, and a run report."""
+    TensorBoard logger, best and last checkpoints, linked data/model shapes, and a run report.
+
+    Its own work is its arguments and their links; the rest it hands on: the accelerator to
+    :mod:`machlite.accelerator_setup`, the run folder and ``--ckpt_path last`` to
+    :mod:`machlite.run_setup`, the callbacks and checkpoint IO to
+    :mod:`machlite.callbacks.wiring`.
+    """
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_argument(
@@ -156,73 +117,35 @@ class MachliteCLI(LightningCLI):
         parser.set_defaults({"checkpoint_io": _class_path(AtomicCheckpointIO)})
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
+        # the training loader hands over as many batches per call as the model steps through
+        parser.link_arguments(
+            "model.steps_per_call", "data.init_args.steps_per_call", apply_on="parse"
+        )
+
+    def _subcommand_config(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
 
     def before_instantiate_classes(self) -> None:
         """Pick the accelerator (IPU, GPU or CPU), say which and why, and adapt for IPUs."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        trainer = config.trainer
-        if getattr(config.model, "steps_per_call", 1) > 1:
+        config = self._subcommand_config()
+        if config.model.steps_per_call > 1:
             # Lightning compares its calls (K steps each) with log_every_n_steps, which machlite
             # applies to optimizer steps: the warning would be wrong
             warnings.filterwarnings(
                 "ignore", message=r"The number of training batches \(\d+\) is smaller than the logg"
             )
-        if isinstance(trainer.devices, str) and trainer.devices.isdigit():
-            trainer.devices = int(trainer.devices)  # lightning 2.0.9 gets '1' from the CLI
-        self._strategy = None
-        if not isinstance(trainer.accelerator, str):
-            return
-        accelerator, reason = choose_accelerator(trainer.accelerator)
-        if accelerator == "cpu" and stop_gpu_probe():
-            reason += "; CUDA_VISIBLE_DEVICES='' so torch stops probing for a GPU every step"
-        if rank_zero_only.rank == 0:  # DDP: the launched ranks re-run this
-            print(f"machlite: accelerator {accelerator} ({reason})", flush=True)
-        trainer.accelerator = accelerator
-        if accelerator != "ipu":
-            return
-        if trainer.devices == "auto":
-            trainer.devices = 1  # Lightning would take 4 IPUs (4 replicas)
-        if config.model.steps_per_call != 1:
-            print(
-                f"machlite: model.steps_per_call {config.model.steps_per_call} -> 1 on the IPU; "
-                "use --ipu.device_iterations to run several steps per host call",
-                flush=True,
-            )
-            config.model.steps_per_call = 1
-        if trainer.strategy == "auto":
-            self._strategy = ipu_strategy(
-                config.ipu.device_iterations,
-                config.ipu.ipu_model,
-                trainer.devices,
-                trainer.accumulate_grad_batches or 1,
-            )
+        #: The IPU strategy the trainer gets, or None (the configured strategy stands).
+        self._ipu_strategy = set_up_accelerator(config)
 
     def experiment_name(self) -> str:
         """The configured experiment name, or the network's; tagged for synthetic data."""
-        name = self._get(self.config, "experiment")
-        if not name:
-            name = type(self.model.network).__name__.lower()
-        tag = getattr(self.datamodule, "run_tag", "")
-        if tag and tag not in name:
-            name = f"{name}_{tag}"
-        return name
+        return experiment_name(
+            self._get(self.config, "experiment"), self.model.network, self.datamodule
+        )
 
     def hparams(self) -> dict[str, Any]:
         """The run's settings, flattened for TensorBoard's HPARAMS tab."""
-        config = self._config_dict()
-        out: dict[str, Any] = {}
-        for key in ("model", "data", "optimizer", "lr_scheduler", "seed_everything"):
-            if key in config:
-                _flatten(key, config[key], out)
-        trainer = config.get("trainer", {})
-        for key in ("max_epochs", "precision", "accelerator"):
-            if trainer.get(key) is not None:
-                out[f"trainer.{key}"] = str(trainer[key]) if key != "max_epochs" else trainer[key]
-        return out
-
-    def _config_dict(self) -> dict[str, Any]:
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        return config.as_dict()
+        return hparams_settings(self._subcommand_config().as_dict())
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         """The parser, with one-line errors (machlite.explain.OneLineArgumentParser)."""
@@ -263,112 +186,47 @@ class MachliteCLI(LightningCLI):
             explain(err)
             raise
 
-    def _resolve_ckpt_path(self, save_dir: str, name: str, version: str | None) -> None:
-        """Resolve ``--ckpt_path last`` to the latest ``last.ckpt`` of this experiment.
-
-        Lightning's own "last" only looks in a new run's folder. Here it is the most recently
-        written ``RUNS_DIR/EXPERIMENT/version_N/checkpoints/last.ckpt`` (with ``--run_name``:
-        that run's). A fit then continues in that run's folder (``self._resume``), or starts a
-        new run when there is none; the other subcommands need one.
-        """
-        self._resume, self._ckpt_path = None, None
-        if self._get(self.config, "ckpt_path", default=None) != "last":
-            return
-        root = Path(save_dir) / name
-        if version:
-            ckpt = root / version / "checkpoints" / "last.ckpt"
-            ckpt = ckpt if ckpt.is_file() else None
-        else:
-            ckpt = find_last_checkpoint(root)
-        if ckpt is None:
-            if self.subcommand != "fit":
-                raise ConfigError(
-                    f"--ckpt_path last: no checkpoint found under {root} (version_N/checkpoints/"
-                    "last.ckpt): train first, or give the path of a checkpoint file"
-                )
-            print(f"machlite: no last.ckpt under {root}; starting a new run", flush=True)
-            return
-        self._ckpt_path = str(ckpt)
-        if self.subcommand != "fit":
-            print(f"machlite: --ckpt_path last is {ckpt}", flush=True)
-        else:
-            self._resume = plan_resume(ckpt, weights_only=self._weights_only())
-            print(
-                f"machlite: resuming {self._resume.run_dir} from {ckpt.name} (epoch "
-                f"{self._resume.epoch}, step {self._resume.step})",
-                flush=True,
-            )
-
     def _weights_only(self) -> bool:
         """Checkpoints load with ``weights_only=True`` unless ``--weights_only false``."""
         return self._get(self.config, "weights_only", default=None) is not False
-
-    def _logger(self, save_dir: str, name: str, version: str | None) -> ResumableTensorBoardLogger:
-        """The TensorBoard logger: the resumed run's folder, or a new version_N (atomic)."""
-        resume = self._resume
-        if resume is not None:
-            warnings.filterwarnings("ignore", message=r".*exists and is not empty")
-            version = resume.run_dir.name
-        elif version is None and rank_zero_only.rank == 0:
-            version = f"version_{allocate_version(Path(save_dir) / name)}"
-        return ResumableTensorBoardLogger(
-            save_dir=save_dir,
-            name=name,
-            version=version,
-            default_hp_metric=False,
-            resume_step=resume.step if resume else None,
-            resume_scalars=resume.scalars if resume else None,
-        )
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         """Add the TensorBoard logger (unless configured otherwise), machlite's callbacks
         (:data:`CALLBACKS`, those not switched off) and its checkpoint IO."""
         trainer_config = self._get(self.config_init, "trainer", default={})
-        run_name = self._get(self.config, "run_name")
-        name, version = self.experiment_name(), None
-        if run_name:  # RUNS_DIR/RUN_NAME exactly: TensorBoard shows the run as RUN_NAME
-            name, _, version = run_name.strip("/").rpartition("/")
-        self._resolve_ckpt_path(self._get(self.config, "runs_dir"), name, version)
+        target = run_target(
+            self._get(self.config, "runs_dir"),
+            self._get(self.config, "run_name"),
+            self.experiment_name(),
+        )
+        self._resolved_ckpt_path, self._resume_plan = None, None
+        if self._get(self.config, "ckpt_path", default=None) == "last":
+            ckpt, self._resume_plan = resolve_last(target, self.subcommand, self._weights_only())
+            self._resolved_ckpt_path = None if ckpt is None else str(ckpt)
         if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = self._logger(self._get(self.config, "runs_dir"), name, version)
-        if getattr(self, "_strategy", None) is not None:
-            kwargs["strategy"] = self._strategy
+            kwargs["logger"] = run_logger(target, self._resume_plan)
+        if self._ipu_strategy is not None:
+            kwargs["strategy"] = self._ipu_strategy
         configured = trainer_config.get("callbacks")  # a copy: the trainer extends that list
         configured = list(configured) if isinstance(configured, list) else [configured]
         trainer = super().instantiate_trainer(**kwargs)
-        for key in CALLBACKS:
-            callback = self._get(self.config_init, key)
-            if callback is None or (key == "prediction_writer" and self.subcommand != "predict"):
-                continue
-            if isinstance(callback, HParamsLogger) and not callback.hparams:
-                callback.hparams = self.hparams()
-            trainer.callbacks.append(callback)
-        # checkpoint callbacks run last, as Lightning orders them: what the other callbacks
-        # do at an epoch end (val/acc_best, divergence checks) is in that epoch's checkpoint
-        callbacks = trainer.callbacks
-        callbacks[:] = [c for c in callbacks if not isinstance(c, Checkpoint)] + [
-            c for c in callbacks if isinstance(c, Checkpoint)
-        ]
-        plain_default_bar(trainer, configured)  # TQDM unless the config asks for Rich
-        count_steps(trainer)  # the progress bar counts optimizer steps, not calls of K
-        summarize_network(trainer)  # the network's layers, exact parameters and FLOPs
-        checkpoint_io = self._get(self.config_init, "checkpoint_io")
-        if checkpoint_io is not None and type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
-            trainer.strategy.checkpoint_io = checkpoint_io  # crash-safe writes
-        if isinstance(trainer.checkpoint_callback, MachliteCheckpoint):
-            every = self._get(self.config, "checkpoint_every_n_steps", default=0) or 0
-            trainer.checkpoint_callback.last_every_n_steps = every
-        if self._resume is not None:  # the run folder has its config.yaml already
-            for callback in trainer.callbacks:
-                if isinstance(callback, SaveConfigCallback):
-                    callback.overwrite = True
+        wire_trainer(
+            trainer,
+            chosen={key: self._get(self.config_init, key) for key in CALLBACKS},
+            subcommand=self.subcommand,
+            settings=self.hparams,
+            configured_callbacks=configured,
+            checkpoint_io=self._get(self.config_init, "checkpoint_io"),
+            last_every_n_steps=self._get(self.config, "checkpoint_every_n_steps", default=0) or 0,
+            resumed=self._resume_plan is not None,
+        )
         return trainer
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         """Pass the resolved ``--ckpt_path last`` and ``weights_only=True`` by default."""
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("ckpt_path") == "last":
-            kwargs["ckpt_path"] = self._ckpt_path  # None: nothing to resume, a new run
+            kwargs["ckpt_path"] = self._resolved_ckpt_path  # None: nothing to resume, a new run
         if "weights_only" in kwargs and kwargs["weights_only"] is None:
             kwargs["weights_only"] = True  # never unpickle code unless --weights_only false
         return kwargs
@@ -378,7 +236,7 @@ class MachliteCLI(LightningCLI):
         try:
             super()._run_subcommand(subcommand)
         except Exception as err:
-            ckpt = self._ckpt_path or self._get(self.config, "ckpt_path", default=None)
+            ckpt = self._resolved_ckpt_path or self._get(self.config, "ckpt_path", default=None)
             explain(err, self.model, ckpt)
             raise
 

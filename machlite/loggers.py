@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from machlite.errors import write_error
-
-#: A run folder's name, ``version_N``.
-VERSION_FOLDER = re.compile(r"version_(\d+)")
+from machlite.runs.layout import VERSION_FOLDER, RunFolder
 
 
 def tensorboard_logger(trainer: pl.Trainer) -> TensorBoardLogger | None:
@@ -113,7 +110,7 @@ def allocate_version(experiment_dir: str | os.PathLike) -> int:
         version = max(taken, default=-1) + 1
         while True:
             try:
-                os.mkdir(root / f"version_{version}")
+                os.mkdir(RunFolder.version(root, version).path)
                 return version
             except FileExistsError:
                 version += 1

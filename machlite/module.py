@@ -17,6 +17,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from machlite.checkpoint import load_checkpoint_file
+from machlite.datasets import InMemoryDataModule
 from machlite.engine import MultiStepEngine, sync_buffers, write_scalars
 from machlite.errors import ConfigError
 from machlite.ipu import on_ipu, record_host_call
@@ -61,7 +62,9 @@ class Classifier(pl.LightningModule):
             unless a callback overrides Lightning's per-step hooks, the steps also skip
             Lightning's per-step hook dispatch (docs/performance.md). Use 1 for Trainer
             features that need automatic optimization (``accumulate_grad_batches``,
-            ``gradient_clip_val``).
+            ``gradient_clip_val``). The datamodule must hand over as many batches per call:
+            the CLI links ``data.steps_per_call`` to it; as a library, give the datamodule
+            the same ``steps_per_call`` (a fit with two values stops at its start).
         compile: Run the training steps compiled: each call's steps eight at a time in one
             ``torch.compile`` graph with the optimizer update and BatchNorm's statistics
             (:mod:`machlite.compiled`), several times faster per step for the JSC networks,
@@ -175,8 +178,30 @@ class Classifier(pl.LightningModule):
 
     # -- hooks -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Note whether the steps run on IPUs (traced by poptorch) or eagerly."""
+        """Note whether the steps run on IPUs (traced by poptorch) or eagerly; before a fit,
+        check that the datamodule hands over ``steps_per_call`` batches per call."""
         self._on_ipu = on_ipu(self.trainer)
+        datamodule = self.trainer.datamodule
+        if stage == "fit" and isinstance(datamodule, InMemoryDataModule):
+            self.check_steps_per_call(datamodule)
+
+    def check_steps_per_call(self, datamodule: InMemoryDataModule) -> None:
+        """Raise one line when the datamodule's training loader would hand over a different
+        number of batches per call than this module steps through.
+
+        The CLI links ``data.steps_per_call`` from ``model.steps_per_call``; as a library,
+        give both the same value.
+
+        Raises:
+            ConfigError: The two differ.
+        """
+        if datamodule.steps_per_call != self.steps_per_call:
+            raise ConfigError(
+                f"model.steps_per_call is {self.steps_per_call} but the datamodule's "
+                f"steps_per_call is {datamodule.steps_per_call}: give "
+                f"{type(datamodule).__name__}(steps_per_call={self.steps_per_call}) the "
+                "model's value (the CLI links them)"
+            )
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Note that the weights come from a checkpoint (``init_from`` is then not loaded)."""

@@ -153,7 +153,11 @@ def _fit(
         make = trainer.pop("optimizer")
         model.configure_optimizers = lambda: make(model.parameters())  # type: ignore[method-assign]
     data = JSCDataModule(
-        data_dir=str(jsc_data_dir), source="synthetic", synthetic_jets=3000, batch_size=64
+        data_dir=str(jsc_data_dir),
+        source="synthetic",
+        synthetic_jets=3000,
+        batch_size=64,
+        steps_per_call=steps_per_call,
     )
     settings = {
         "max_steps": 8,

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.strategies import SingleDeviceStrategy
@@ -15,7 +16,11 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 import machlite.engine
+from machlite.accelerator_setup import set_steps_per_call
+from machlite.cli import run_lightning
+from machlite.datasets import JSCDataModule
 from machlite.engine import MODULE_API, STEP_HOOKS, TRAINER_API, MultiStepEngine, skips_step_hooks
+from machlite.errors import ConfigError
 from machlite.models import JSCTiny
 from machlite.module import Classifier
 
@@ -318,3 +323,49 @@ def test_engine_uses_only_its_documented_seam(monkeypatch: pytest.MonkeyPatch) -
     assert [m["train/loss"] for _, m in logged] == [losses[0], losses[2]]
     assert shown == [losses[2]]  # the progress bar: once per call, the last logged loss
     assert module.train_loss.compute().item() == pytest.approx(sum(losses) / 3)
+
+
+def test_the_cli_links_data_steps_per_call_to_the_model(jsc_data_dir: Path) -> None:
+    """``--model.steps_per_call K`` reaches the datamodule when the arguments are parsed: its
+    training loader hands over K batches per call, and HPARAMS shows the setting once."""
+    args = ["fit", "--config", str(CONFIGS / "jsc_tiny.yaml"), *synthetic(jsc_data_dir)]
+    args += ["--model.steps_per_call", "3", "--trainer.max_epochs", "1"]
+    args += ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "0"]
+    cli = run_lightning(args)
+    assert cli.model.steps_per_call == cli.datamodule.steps_per_call == 3
+    assert cli.trainer.train_dataloader.batches_per_item == 3
+    assert cli.trainer.global_step == 6
+    settings = cli.hparams()
+    assert settings["model.steps_per_call"] == 3 and "data.steps_per_call" not in settings
+
+
+def test_a_datamodule_with_other_steps_per_call_stops_the_fit(jsc_data_dir: Path) -> None:
+    """As a library, a datamodule handing over another number of batches per call than the
+    model steps through stops the fit at its start, in one line saying what to give."""
+    model = Classifier(JSCTiny(), steps_per_call=4)
+    data = JSCDataModule(data_dir=str(jsc_data_dir), source="synthetic", synthetic_jets=3000)
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    with pytest.raises(ConfigError) as err:
+        trainer.fit(model, data)
+    assert str(err.value) == (
+        "model.steps_per_call is 4 but the datamodule's steps_per_call is 1: give "
+        "JSCDataModule(steps_per_call=4) the model's value (the CLI links them)"
+    )
+    assert model.global_step == 0
+
+
+def test_set_steps_per_call_sets_the_model_and_its_linked_copy() -> None:
+    """On IPUs the CLI runs one step per call: the model's value and the datamodule's."""
+    config = Namespace(
+        model=Namespace(steps_per_call=32),
+        data=Namespace(class_path="x", init_args=Namespace(steps_per_call=32)),
+    )
+    set_steps_per_call(config, 1)
+    assert config.model.steps_per_call == config.data.init_args.steps_per_call == 1

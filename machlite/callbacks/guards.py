@@ -28,6 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor
 
+from machlite.datasets import InMemoryDataModule
 from machlite.errors import MachliteError
 from machlite.loggers import current_lr
 from machlite.notices import warn
@@ -119,8 +120,7 @@ class DivergenceGuard(Callback):
     ) -> None:
         """Note the call's batches (by reference), for the steps :meth:`observe` queues."""
         inputs = _inputs(batch)
-        per_call = int(getattr(pl_module, "steps_per_call", 1) or 1) if len(inputs) > 1 else 1
-        self._call = (trainer.global_step, batch_idx * per_call, inputs)
+        self._call = (trainer.global_step, batch_idx * _batches_per_call(trainer, inputs), inputs)
 
     def _step_inputs(self, step: int) -> tuple[Tensor | None, int]:
         if self._call is None:
@@ -349,6 +349,16 @@ class CollapseWarning(Callback):
             f"{what}: the network has stopped learning; lower the learning rate "
             "(--optimizer.lr), or look at train/loss for a blow-up",
         )
+
+
+def _batches_per_call(trainer: pl.Trainer, inputs: list[Tensor | None]) -> int:
+    """How many batches each training call hands over: machlite's datamodules say
+    (``steps_per_call``, also for an epoch's shorter last group); otherwise the call's own
+    count (a group, or one batch)."""
+    datamodule = trainer.datamodule
+    if isinstance(datamodule, InMemoryDataModule):
+        return datamodule.steps_per_call
+    return len(inputs)
 
 
 def _inputs(batch: Any) -> list[Tensor | None]:

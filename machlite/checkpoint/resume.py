@@ -21,7 +21,8 @@ from torchmetrics import Metric
 
 from machlite._compat import mark_metric_restored
 from machlite.checkpoint.io import load_checkpoint_file
-from machlite.loggers import VERSION_FOLDER, ResumableTensorBoardLogger
+from machlite.loggers import ResumableTensorBoardLogger
+from machlite.runs.layout import VERSION_FOLDER, RunFolder, last_checkpoints
 
 #: Key of machlite's own entry in a checkpoint (RNG states, epoch metrics, curve snapshot).
 RESUME_KEY = "machlite_resume"
@@ -123,8 +124,8 @@ def find_last_checkpoint(experiment_dir: str | os.PathLike) -> Path | None:
         experiment_dir: ``RUNS_DIR/EXPERIMENT``.
     """
     found = []
-    for ckpt in Path(experiment_dir).glob("version_*/checkpoints/last.ckpt"):
-        match = VERSION_FOLDER.fullmatch(ckpt.parent.parent.name)
+    for ckpt in last_checkpoints(experiment_dir):
+        match = VERSION_FOLDER.fullmatch(RunFolder.of_checkpoint(ckpt).path.name)
         if match and ckpt.is_file():
             found.append((ckpt.stat().st_mtime_ns, int(match.group(1)), ckpt))
     return max(found)[2] if found else None
@@ -136,7 +137,7 @@ def plan_resume(ckpt: Path, weights_only: bool = True) -> ResumePlan:
     state = checkpoint.get(RESUME_KEY) or {}
     return ResumePlan(
         ckpt=ckpt,
-        run_dir=ckpt.parent.parent,
+        run_dir=RunFolder.of_checkpoint(ckpt).path,
         step=int(checkpoint.get("global_step", 0)),
         epoch=int(checkpoint.get("epoch", 0)),
         scalars={str(k): float(v) for k, v in (state.get("scalars") or {}).items()},

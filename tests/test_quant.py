@@ -18,14 +18,21 @@ from machlite.errors import ConfigError
 from machlite.models import JSCTiny, JSCToy, MNISTNet
 from machlite.module import Classifier
 from machlite.quant import (
+    LAYER_TYPES,
+    LAYERS,
     FixedPoint,
     LayerQuant,
     QuantConfig,
+    dequantize,
     fake_quant,
     from_dict,
+    is_quantized,
+    layer_formats,
+    layer_type,
     load_quant_config,
     network_cost,
     quantize_network,
+    quantized_layers,
 )
 from machlite.quant.layers import QuantBatchNorm1d, QuantConv2d, QuantLinear, QuantReLU
 
@@ -35,6 +42,8 @@ QUANT_CONFIGS = sorted((CONFIGS / "quant").glob("*.yaml"))
 TINY = str(CONFIGS / "jsc_tiny.yaml")
 QAT = str(CONFIGS / "quant" / "jsc_tiny_qat.yaml")
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+#: The classes of JSC-Toy's modules, float.
+FLOAT_TOY = (JSCToy, nn.Sequential, nn.BatchNorm1d, nn.ReLU, nn.Linear)
 
 
 def fmt(width: int, frac: int) -> FixedPoint:
@@ -114,10 +123,7 @@ def test_config_by_type_and_by_name() -> None:
     assert quant.seq_blocks[5].quant == LayerQuant(weight=fmt(4, 2))  # the name's entry, whole
     assert kinds["seq_blocks.8"] is QuantLinear
     # the original is untouched, the copy has the same parameters and state_dict keys
-    assert all(
-        type(m) in (JSCToy, nn.Sequential, nn.BatchNorm1d, nn.ReLU, nn.Linear)
-        for m in net.modules()
-    )
+    assert all(type(m) in FLOAT_TOY for m in net.modules())
     assert net.state_dict().keys() == quant.state_dict().keys()
     for key, value in net.state_dict().items():
         assert torch.equal(value, quant.state_dict()[key])
@@ -125,7 +131,9 @@ def test_config_by_type_and_by_name() -> None:
     with_default = quantize_network(net, QuantConfig(default=LayerQuant(data_in=fmt(8, 4))))
     assert type(with_default.seq_blocks[0]) is QuantBatchNorm1d
     # re-quantizing replaces the formats; an empty config gives the float classes back
-    assert all(not hasattr(m, "quant") for m in quantize_network(quant, QuantConfig()).modules())
+    requantized = quantize_network(quant, QuantConfig())
+    assert all(type(m) in FLOAT_TOY for m in requantized.modules())
+    assert all("quant" not in vars(m) for m in requantized.modules())
 
 
 @pytest.mark.parametrize(
@@ -146,6 +154,68 @@ def test_bad_configs_are_one_line_errors(data: dict, match: str) -> None:
 def test_a_name_the_network_lacks_is_an_error() -> None:
     with pytest.raises(ConfigError, match="has no module 'seq_blocks.9'"):
         quantize_network(JSCTiny(), {"by_name": {"seq_blocks.9": {"weight": [8, 4]}}})
+
+
+# -- the quantized-network API: the table and its accessors ---------------------------------------
+def test_the_layer_table_is_the_one_list_of_supported_types() -> None:
+    assert (
+        LAYER_TYPES == tuple(LAYERS) == ("linear", "conv2d", "batchnorm1d", "batchnorm2d", "relu")
+    )
+    for key, row in LAYERS.items():
+        assert row.key == key == row.torch_class.__name__.lower()
+        assert (
+            issubclass(row.quant_class, row.torch_class) and row.quant_class is not row.torch_class
+        )
+    assert LAYERS["linear"].quant_class is QuantLinear and LAYERS["relu"].quant_class is QuantReLU
+    # a config accepts exactly the table's keys
+    from_dict({"by_type": {key: {} for key in LAYERS}})
+    with pytest.raises(ConfigError, match="choose from linear, conv2d, batchnorm1d"):
+        from_dict({"by_type": {"dropout": {}}})
+
+
+def test_layer_type_finds_torch_and_quantized_classes_only() -> None:
+    class MyLinear(nn.Linear):  # may compute something else: not supported
+        pass
+
+    quant = quantize_network(
+        nn.Sequential(nn.Linear(2, 2)), {"by_type": {"linear": {"weight": [8, 4]}}}
+    )
+    assert layer_type(nn.Linear(2, 2)) is LAYERS["linear"]
+    assert layer_type(quant[0]) is LAYERS["linear"]
+    assert layer_type(nn.Conv2d(1, 1, 1)) is LAYERS["conv2d"]
+    assert layer_type(nn.BatchNorm2d(3)) is LAYERS["batchnorm2d"]
+    assert layer_type(nn.Dropout()) is None and layer_type(MyLinear(2, 2)) is None
+    assert layer_type(nn.Sequential()) is None
+
+
+def test_is_quantized_and_layer_formats_read_a_network() -> None:
+    config = load_quant_config(CONFIGS / "quant" / "mixed_jsc_tiny.yaml")
+    net = JSCTiny()
+    quant = quantize_network(net, config)
+    formats = layer_formats(quant)
+    assert formats == quantized_layers(net, config) and formats  # name -> the layer's formats
+    assert all(isinstance(spec, LayerQuant) for spec in formats.values())
+    assert formats["seq_blocks.2"] == quant.seq_blocks[2].quant
+    assert {name for name, m in quant.named_modules() if is_quantized(m)} == set(formats)
+    assert not any(is_quantized(m) for m in net.modules()) and layer_formats(net) == {}
+    assert not is_quantized(quant) and not is_quantized(nn.Dropout())
+
+
+def test_dequantize_gives_torch_layers_with_the_same_weights() -> None:
+    torch.manual_seed(0)
+    net = JSCToy().eval()
+    quant = quantize_network(net, load_quant_config(CONFIGS / "quant" / "int4_2.yaml")).eval()
+    plain = dequantize(quant)
+    assert plain is not quant and all(type(m) in FLOAT_TOY for m in plain.modules())
+    assert layer_formats(plain) == {}
+    assert all("quant" not in vars(m) for m in plain.modules())
+    assert plain.state_dict().keys() == quant.state_dict().keys()
+    for key, value in quant.state_dict().items():
+        assert torch.equal(value, plain.state_dict()[key])
+    x = torch.randn(32, 16) * 3
+    assert torch.equal(plain(x), net(x)) and not torch.equal(quant(x), net(x))
+    assert layer_formats(quant)  # the quantized network is left as it was
+    assert type(dequantize(net).seq_blocks[2]) is nn.Linear  # a float network: an equal copy
 
 
 def test_quantized_linear_and_relu_compute_the_definition() -> None:

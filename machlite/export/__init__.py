@@ -23,7 +23,13 @@ import torch
 from machlite.atomic import atomic_write_json
 from machlite.errors import ConfigError, PlainArgumentParser
 from machlite.export.extra import require
-from machlite.quant import QuantConfig, load_quant_config, quantize_network
+from machlite.quant import (
+    QuantConfig,
+    dequantize,
+    is_quantized,
+    load_quant_config,
+    quantize_network,
+)
 
 FORMATS = ("onnx", "qonnx", "hls4ml")
 
@@ -104,7 +110,7 @@ def export(
     if fmt == "onnx":
         from machlite.export.to_onnx import export_onnx, run_onnxruntime
 
-        plain = quantize_network(network, QuantConfig()).eval()  # the float network
+        plain = dequantize(network).eval()  # the float network
         path = export_onnx(plain, input_shape, out / "model.onnx")
         with torch.no_grad():
             want = plain(torch.from_numpy(x)).numpy()
@@ -115,7 +121,7 @@ def export(
         }
     if quant is not None:
         network = quantize_network(network, quant).eval()
-    if not any(hasattr(m, "quant") for m in network.modules()):
+    if not any(is_quantized(m) for m in network.modules()):
         raise ConfigError(
             f"--format {fmt} exports a quantized network, but the checkpoint is float and "
             "no --quant file was given (e.g. --quant configs/quant/int8_4.yaml)"

@@ -27,7 +27,7 @@ import numpy as np
 from torch import nn
 
 from machlite.errors import MachliteError, first_line
-from machlite.quant import FixedPoint, LayerQuant, QuantConfig, quantize_network
+from machlite.quant import FixedPoint, LayerQuant, dequantize, layer_formats
 
 #: The precision that stands in for a float value: 16 integer bits and 32 fractional ones,
 #: finer than float32 near 1, so a float layer rounds as machlite's float32 does (nearly).
@@ -51,11 +51,7 @@ def hls_config(network: nn.Module, input_shape: tuple[int, ...]) -> dict[str, An
     """hls4ml's per-layer config for a quantized ``network`` (the module docstring's rules)."""
     import hls4ml
 
-    formats = {
-        name.replace(".", "_"): m.quant
-        for name, m in network.named_modules()
-        if hasattr(m, "quant")
-    }
+    formats = {name.replace(".", "_"): spec for name, spec in layer_formats(network).items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         config = hls4ml.utils.config_from_pytorch_model(
@@ -91,7 +87,7 @@ def _float(network: nn.Module) -> nn.Module:
     An ``nn.Identity`` (e.g. the MNIST CNN's softmax slot with logits output) becomes an
     empty ``nn.Sequential``, which torch.fx traces through: hls4ml has no Identity layer.
     """
-    copy = quantize_network(network.cpu(), QuantConfig()).eval()
+    copy = dequantize(network.cpu()).eval()
     for parent in list(copy.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.Identity:

@@ -25,7 +25,7 @@ from torch.fx import symbolic_trace
 from torch.fx.passes.shape_prop import ShapeProp
 
 from machlite.errors import ConfigError
-from machlite.quant import FixedPoint, LayerQuant, QuantConfig, quantize_network
+from machlite.quant import FixedPoint, LayerQuant, dequantize, layer_formats
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
 OPSET = 13
@@ -162,8 +162,8 @@ def qonnx_model(network: nn.Module, input_shape: tuple[int, ...]) -> Any:
     import onnx
 
     network = network.cpu().eval()
-    formats = {name: m.quant for name, m in network.named_modules() if hasattr(m, "quant")}
-    plain = quantize_network(network, QuantConfig()).eval()  # torch's own layers: fx leaves
+    formats = layer_formats(network)
+    plain = dequantize(network).eval()  # torch's own layers: fx leaves
     graph = symbolic_trace(plain)
     ShapeProp(graph).propagate(torch.zeros(2, *input_shape))
     b = _Builder()

@@ -32,9 +32,8 @@ from typing import Any
 import yaml
 
 from machlite.errors import ConfigError
+from machlite.quant.layers import LAYER_TYPES, layer_type
 
-#: The layer types a config can name under ``by_type`` (the lowercased torch class name).
-LAYER_TYPES = ("linear", "conv2d", "batchnorm1d", "batchnorm2d", "relu")
 #: The widest format: torch's fake-quantize op holds the integer range in int32.
 MAX_WIDTH = 32
 
@@ -119,8 +118,7 @@ class QuantConfig:
     Flatten) are left as they are.
 
     Args:
-        by_type: Formats by layer type (``linear``, ``conv2d``, ``batchnorm1d``,
-            ``batchnorm2d``, ``relu``).
+        by_type: Formats by layer type (a key of :data:`LAYER_TYPES`, e.g. ``linear``).
         by_name: Formats by module name, e.g. ``seq_blocks.2``.
         default: Formats of the supported layers named nowhere above (None: float).
     """
@@ -139,13 +137,13 @@ class QuantConfig:
 
     def for_layer(self, name: str, module: Any) -> LayerQuant | None:
         """The formats of module ``name`` (None: not a supported type, or all float)."""
-        kind = type_key(module)
+        kind = layer_type(module)
         if kind is None:
             return None
         if name in self.by_name:
             spec = self.by_name[name]
-        elif kind in self.by_type:
-            spec = self.by_type[kind]
+        elif kind.key in self.by_type:
+            spec = self.by_type[kind.key]
         else:
             spec = self.default
         return None if spec is None or spec.is_float else spec
@@ -153,20 +151,6 @@ class QuantConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts and ints (what checkpoints store and :func:`from_dict` reads)."""
         return asdict(self)
-
-
-def type_key(module: Any) -> str | None:
-    """The ``by_type`` key of a module, or None.
-
-    The module is of a supported torch class exactly, or machlite's quantized subclass of
-    one; other subclasses (which may compute something else) are not quantized.
-    """
-    from torch import nn
-
-    for cls in (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU):
-        if type(module) is cls or (isinstance(module, cls) and hasattr(module, "quant")):
-            return cls.__name__.lower()
-    return None
 
 
 def _fixed(value: Any, where: str) -> FixedPoint | None:

@@ -20,10 +20,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from machlite.quant.config import FixedPoint, LayerQuant, QuantConfig, from_dict, type_key
+from machlite.quant.config import FixedPoint, LayerQuant, QuantConfig, from_dict
+from machlite.quant.layers import LAYERS, is_quantized, layer_type
 
 #: The bits of a float value.
 FLOAT_BITS = 32
+#: The multiply-accumulate layer types of :data:`machlite.quant.layers.LAYERS`: the only
+#: ones that count BOPs.
+MAC_TYPES = ("linear", "conv2d")
 
 
 def bits(fmt: FixedPoint | None) -> int:
@@ -87,8 +91,16 @@ def _formats(name: str, module: nn.Module, config: QuantConfig | None) -> LayerQ
     if config is not None:
         spec = config.for_layer(name, module)
     else:
-        spec = getattr(module, "quant", None)
+        spec = module.quant if is_quantized(module) else None
     return spec or LayerQuant()
+
+
+def _mac_type(module: nn.Module) -> str | None:
+    """The ``by_type`` key of a multiply-accumulate layer (its torch class or a subclass)."""
+    for key in MAC_TYPES:
+        if isinstance(module, LAYERS[key].torch_class):
+            return key
+    return None
 
 
 def network_cost(
@@ -109,7 +121,7 @@ def network_cost(
     shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
     hooks = []
     for name, module in network.named_modules():
-        if isinstance(module, nn.Linear | nn.Conv2d):
+        if _mac_type(module) is not None:
 
             def hook(mod: nn.Module, args: tuple, out: torch.Tensor, name: str = name) -> None:
                 shapes[name] = (args[0].shape, out.shape)
@@ -136,12 +148,13 @@ def network_cost(
             p.numel() * bits(spec.bias if pname == "bias" else spec.weight) for pname, p in own
         )
         ops = 0.0
-        if isinstance(module, nn.Linear) and name in shapes:
+        mac = _mac_type(module) if name in shapes else None
+        if mac == "linear":
             rows = shapes[name][1].numel() // module.out_features  # leading dimensions
             ops = rows * bops(
                 module.in_features, module.out_features, bits(spec.data_in), bits(spec.weight)
             )
-        elif isinstance(module, nn.Conv2d) and name in shapes:
+        elif mac == "conv2d":
             out_shape = shapes[name][1]
             n = module.in_channels // module.groups * math.prod(module.kernel_size)
             pixels = out_shape[-1] * out_shape[-2]
@@ -149,7 +162,7 @@ def network_cost(
         layers.append(
             LayerCost(
                 name=name,
-                kind=type_key(module) or type(module).__name__,
+                kind=kind.key if (kind := layer_type(module)) else type(module).__name__,
                 formats=str(spec),
                 params=sum(p.numel() for _, p in own),
                 bits=int(size),

@@ -5,15 +5,23 @@
 pass the gradient straight through inside the range (zero outside it). Each ``Quant*`` class
 subclasses the torch layer it replaces, so its ``state_dict`` keys are the float layer's and
 a float checkpoint loads into it unchanged; the formats are a plain attribute, not state.
+
+:data:`LAYERS` is the one table of the supported layer types: each type's ``by_type`` key,
+its torch class and its ``Quant*`` class. :func:`layer_type`, :func:`is_quantized` and
+:func:`layer_formats` read a network through it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from machlite.quant.config import FixedPoint, LayerQuant
+if TYPE_CHECKING:  # config imports this module's table
+    from machlite.quant.config import FixedPoint, LayerQuant
 
 
 def fake_quant(x: Tensor, fmt: FixedPoint | None) -> Tensor:
@@ -110,11 +118,53 @@ class QuantReLU(_Quantized, nn.ReLU):
         return fake_quant(F.relu(fake_quant(x, self.quant.data_in)), self.quant.data_out)
 
 
-#: The quantized class of each supported torch layer type.
-QUANT_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
-    nn.Linear: QuantLinear,
-    nn.Conv2d: QuantConv2d,
-    nn.BatchNorm1d: QuantBatchNorm1d,
-    nn.BatchNorm2d: QuantBatchNorm2d,
-    nn.ReLU: QuantReLU,
+@dataclass(frozen=True)
+class LayerType:
+    """One supported layer type.
+
+    Attributes:
+        key: Its ``by_type`` key in a quantization config (the lowercased torch class name).
+        torch_class: The torch layer.
+        quant_class: machlite's fake-quantized subclass of it.
+    """
+
+    key: str
+    torch_class: type[nn.Module]
+    quant_class: type[nn.Module]
+
+
+#: The supported layer types by ``by_type`` key: the one table of what can be quantized.
+LAYERS: dict[str, LayerType] = {
+    t.key: t
+    for t in (
+        LayerType("linear", nn.Linear, QuantLinear),
+        LayerType("conv2d", nn.Conv2d, QuantConv2d),
+        LayerType("batchnorm1d", nn.BatchNorm1d, QuantBatchNorm1d),
+        LayerType("batchnorm2d", nn.BatchNorm2d, QuantBatchNorm2d),
+        LayerType("relu", nn.ReLU, QuantReLU),
+    )
 }
+#: The ``by_type`` keys, in the table's order.
+LAYER_TYPES: tuple[str, ...] = tuple(LAYERS)
+_BY_CLASS: dict[type, LayerType] = {
+    cls: t for t in LAYERS.values() for cls in (t.torch_class, t.quant_class)
+}
+
+
+def layer_type(module: nn.Module) -> LayerType | None:
+    """The supported type of ``module``, or None.
+
+    The module is of a supported torch class exactly, or machlite's quantized subclass of
+    one; other subclasses (which may compute something else) are not supported.
+    """
+    return _BY_CLASS.get(type(module))
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """Whether ``module`` is one of machlite's fake-quantized layers (it has formats)."""
+    return isinstance(module, _Quantized) and hasattr(module, "quant")
+
+
+def layer_formats(network: nn.Module) -> dict[str, LayerQuant]:
+    """The formats of each quantized layer of ``network``, by module name (empty: float)."""
+    return {name: m.quant for name, m in network.named_modules() if is_quantized(m)}

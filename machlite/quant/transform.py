@@ -1,4 +1,4 @@
-"""The transform: a network's supported layers replaced by their fake-quantized classes."""
+"""The transform: a network's supported layers made fake-quantized, and made float again."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 from torch import nn
 
 from machlite.quant.config import LayerQuant, QuantConfig, from_dict
-from machlite.quant.layers import QUANT_CLASSES
+from machlite.quant.layers import layer_type
 
 
 def quantized_layers(network: nn.Module, config: QuantConfig) -> dict[str, LayerQuant]:
@@ -19,6 +19,32 @@ def quantized_layers(network: nn.Module, config: QuantConfig) -> dict[str, Layer
         if spec is not None:
             found[name] = spec
     return found
+
+
+def _to_float(network: nn.Module) -> nn.Module:
+    """Turn the quantized layers of ``network`` back into torch's own classes, in place."""
+    for module in network.modules():
+        kind = layer_type(module)
+        if kind is not None and type(module) is kind.quant_class:
+            module.__class__ = kind.torch_class
+            if hasattr(module, "quant"):
+                del module.quant
+    return network
+
+
+def dequantize(network: nn.Module) -> nn.Module:
+    """A copy of ``network`` with torch's own layers in place of the quantized ones.
+
+    The copy computes in float and has the same parameters, buffers and ``state_dict`` keys;
+    ``network`` itself is left untouched. A float network gives an equal copy.
+
+    Args:
+        network: A network, quantized or not.
+
+    Returns:
+        The float copy.
+    """
+    return _to_float(copy.deepcopy(network))
 
 
 def quantize_network(network: nn.Module, config: QuantConfig | dict) -> nn.Module:
@@ -42,14 +68,9 @@ def quantize_network(network: nn.Module, config: QuantConfig | dict) -> nn.Modul
             f"quantization by_name: the network {type(network).__name__} has no module "
             f"{missing[0]!r}; its modules: {', '.join(n for n in names if n)}"
         )
-    out = copy.deepcopy(network)
-    bases = {quant: base for base, quant in QUANT_CLASSES.items()}
-    for module in out.modules():  # formats from an earlier transform are replaced
-        if type(module) in bases:
-            module.__class__ = bases[type(module)]
-            del module.quant
+    out = dequantize(network)  # formats from an earlier transform are replaced
     for name, spec in quantized_layers(out, config).items():
         module = out.get_submodule(name)
-        module.__class__ = QUANT_CLASSES[type(module)]
+        module.__class__ = layer_type(module).quant_class
         module.quant = spec
     return out

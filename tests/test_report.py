@@ -15,10 +15,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from machlite.callbacks.confusion import ConfusionReport
+from machlite.callbacks.confusion import ConfusionReport, format_confusion
 from machlite.events import load_events
 from machlite.module import Classifier
-from machlite.report import format_confusion
 
 from .conftest import CONFIGS, run, synthetic
 

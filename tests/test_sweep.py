@@ -29,9 +29,9 @@ from machlite.sweep import (
     expand,
     launcher,
     parse_sweep,
-    report,
     run_settings,
     run_sweep,
+    write_summary,
 )
 from machlite.sweep.spec import is_synthetic_sweep, planned
 
@@ -234,7 +234,7 @@ def test_summary_csv_and_md_give_mean_and_std_over_seeds(
     fake_sweep: tuple[Sweep, list[Run]],
 ) -> None:
     sweep, runs = fake_sweep
-    files = report(sweep, expand(sweep), failed=[])
+    files = write_summary(sweep, expand(sweep), failed=[])
     with open(sweep.sweep_dir / "summary.csv") as f:
         rows = {row["setting"]: row for row in csv.DictReader(f)}
     # in grid order; the missing setting (batch_size=64,lr=0.01) has no row
@@ -325,7 +325,7 @@ def test_accuracy_vs_bops_plot_where_the_settings_differ_in_bops(
         save(fig, path)
 
     monkeypatch.setattr(machlite.figures, "_save", spy)
-    files = report(sweep, runs, failed=[])
+    files = write_summary(sweep, runs, failed=[])
     png = sweep.sweep_dir / "plots" / "accuracy_vs_bops.png"
     assert png in files
     image = matplotlib.image.imread(png)
@@ -342,7 +342,7 @@ def test_accuracy_vs_bops_plot_where_the_settings_differ_in_bops(
 
 def test_no_accuracy_vs_bops_plot_when_the_bops_are_all_equal(tmp_path: Path) -> None:
     sweep, runs = width_sweep(tmp_path, [6720.0, 6720.0])
-    files = report(sweep, runs, failed=[])
+    files = write_summary(sweep, runs, failed=[])
     assert [p.name for p in files if p.suffix == ".png"] == ["weight.png"]
     assert not (sweep.sweep_dir / "plots" / "accuracy_vs_bops.png").exists()
     assert "accuracy_vs_bops" not in (sweep.sweep_dir / "summary.md").read_text()
@@ -378,7 +378,7 @@ def test_width_sweep_summary_gives_bits_and_bops_beside_accuracy(
     for r in runs:
         run_job(launcher(sweep).job(planned(sweep, r)))
     capsys.readouterr()
-    report(sweep, runs, failed=[])
+    write_summary(sweep, runs, failed=[])
     with open(sweep.sweep_dir / "summary.csv") as f:
         rows = {row["setting"]: row for row in csv.DictReader(f)}
     # JSC-Tiny: Linear(16, 5) at the width, BatchNorm1d(16) float (32 x 32 bits)
@@ -714,7 +714,7 @@ def test_finished_runs_are_skipped_unless_their_settings_changed(
         Launcher, "run_all", lambda self, todo: started.append([r.name for r in todo])
     )
     files = [tmp_path / "summary.csv", tmp_path / "runs.csv", tmp_path / "summary.md"]
-    monkeypatch.setattr(machlite.sweep, "report", lambda sweep, runs, failed: files)
+    monkeypatch.setattr(machlite.sweep, "write_summary", lambda sweep, runs, failed: files)
     sweep = Sweep(
         config=CONFIGS / "jsc_tiny.yaml",
         grid={"data.batch_size": ["32", "64"]},

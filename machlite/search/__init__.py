@@ -21,7 +21,7 @@ The package's modules, each one concept:
 - :mod:`~machlite.search.study`: Optuna: storage, sampler, pruner, study, stale trials;
 - :mod:`~machlite.search.pruning`: the Lightning callback that reports to a trial;
 - :mod:`~machlite.search.loop`: asking, running and telling trials;
-- :mod:`~machlite.search.report`: the tables, ``best.yaml`` and the plots.
+- :mod:`~machlite.search.results`: the tables, ``best.yaml`` and the plots.
 """
 
 from __future__ import annotations
@@ -37,17 +37,17 @@ __all__ = ["Search", "check_space", "main", "parse_search", "search"]
 
 
 def search(options: Search, out: IO[str] | None = None) -> tuple[Any, Any]:
-    """Run a parsed and checked search, then write its report.
+    """Run a parsed and checked search, then write its results (:mod:`machlite.search.results`).
 
     Returns:
         The study, and the :class:`~machlite.search.loop.SearchLoop` that ran this
         process's trials.
     """
     from machlite.search.loop import run_search
-    from machlite.search.report import report
+    from machlite.search.results import write_results
 
     study, loop = run_search(options, out)
-    files = report(options, study)
+    files = write_results(options, study)
     print(f"machlite search: {files[1]} and {files[0]}", file=out, flush=True)
     best = options.search_dir / "best.yaml"
     if best.is_file():

@@ -36,7 +36,7 @@ from machlite.runs.launcher import PROGRESS_FLAG, Launcher
 from machlite.runs.records import read_done
 from machlite.sweep.parsing import check_settings, parse_sweep
 from machlite.sweep.spec import Run, Sweep, expand, is_finished, planned, run_settings
-from machlite.sweep.summary import report, summarize
+from machlite.sweep.summary import summarize, write_summary
 
 __all__ = [
     "Run",
@@ -45,10 +45,10 @@ __all__ = [
     "expand",
     "main",
     "parse_sweep",
-    "report",
     "run_settings",
     "run_sweep",
     "summarize",
+    "write_summary",
 ]
 
 
@@ -104,7 +104,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, out: IO[str] | None = None) -> Launch
         f"(skipped), {len(todo)} to run, {jobs} at a time"
     )
     runner.run_all([planned(sweep, run) for run in todo])
-    files = report(sweep, runs, runner.failed)
+    files = write_summary(sweep, runs, runner.failed)
     if files[2].is_file():  # the final table, as summary.md has it
         summary = files[2].read_text().splitlines()
         table = [line for line in summary if line.startswith(("|", "**SYNTHETIC"))]

@@ -205,7 +205,9 @@ def warnings_markdown(sweep: Sweep, runs: list[Run]) -> str:
     return "\n".join(["", "## Warnings", "", intro, "", *lines, ""])
 
 
-def report(sweep: Sweep, runs: list[Run], failed: list[tuple[PlannedRun, int, str]]) -> list[Path]:
+def write_summary(
+    sweep: Sweep, runs: list[Run], failed: list[tuple[PlannedRun, int, str]]
+) -> list[Path]:
     """Write summary.csv, runs.csv, summary.md and the plots of the finished runs.
 
     Returns:

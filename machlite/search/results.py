@@ -218,7 +218,7 @@ def draw_plots(search: Search, study: Any) -> tuple[list[Path], list[str]]:
     return written, skipped
 
 
-def report(search: Search, study: Any) -> list[Path]:
+def write_results(search: Search, study: Any) -> list[Path]:
     """Write trials.csv, trials.md, best.yaml (once a trial completed) and the plots.
 
     Returns:
@@ -253,4 +253,11 @@ def report(search: Search, study: Any) -> list[Path]:
     return files + plots
 
 
-__all__ = ["best_config", "best_trials", "draw_plots", "report", "trial_rows", "trials_markdown"]
+__all__ = [
+    "best_config",
+    "best_trials",
+    "draw_plots",
+    "trial_rows",
+    "trials_markdown",
+    "write_results",
+]

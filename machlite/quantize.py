@@ -4,41 +4,29 @@
         --ckpt_path runs/jsc_tiny/version_0/checkpoints/last.ckpt
 
 The checkpoint's network is evaluated on the validation and test splits as it is, then with
-the quantization config applied (:func:`machlite.quant.quantize_network`); no calibration,
-no training data is touched. The report (accuracies, model bits, BOPs per layer and in
-total) is printed and written as ``quantize.md`` and ``quantize.json`` into the
+the quantization config applied (:func:`machlite.quant.quantize_network`): one validation and
+one test pass each, no calibration, no training data touched. The checkpoint is loaded by
+:func:`machlite.runs.load.load_run`. The report (accuracies, model bits, BOPs per layer and
+in total) is printed and written as ``quantize.md`` and ``quantize.json`` into the
 checkpoint's run folder (or ``--out``). docs/quantization.md.
+
+Subcommands are named one way: subcommand X is ``machlite/X`` (a module or a package) with
+``main(argv)``, registered in :data:`machlite.commands.COMMANDS`. This is ``quantize``;
+the library it uses is :mod:`machlite.quant`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import tempfile
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import lightning.pytorch as pl
 
 from machlite.atomic import atomic_write, atomic_write_json
 from machlite.errors import ConfigError, PlainArgumentParser
 from machlite.quant import QuantConfig, load_quant_config, network_cost, quantize_network
-
-#: Flags every evaluation gets: no run folder, no progress bar, no confusion matrix.
-QUIET = [
-    "--trainer.logger",
-    "false",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
-    "--test_report",
-    "null",
-    "--run_report",
-    "null",
-    "--hparams_logger",
-    "null",
-]
+from machlite.runs.layout import RunFolder
+from machlite.runs.load import LoadedRun, evaluation_trainer, load_run
 
 
 def parser() -> PlainArgumentParser:
@@ -58,44 +46,14 @@ def parser() -> PlainArgumentParser:
     return p
 
 
-def run_folder(ckpt: Path) -> Path:
-    """The run folder of a checkpoint: ``RUN/checkpoints/X.ckpt`` -> ``RUN``."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-
-
-def evaluate(cli: Any) -> dict[str, float]:
-    """Validation and test accuracy and loss of ``cli.model`` as it is now."""
+def evaluate(run: LoadedRun, trainer: pl.Trainer) -> dict[str, float]:
+    """Validation and test accuracy and loss of ``run.model`` as it is now: one pass each."""
     out: dict[str, float] = {}
-    with contextlib.redirect_stdout(io.StringIO()):  # Lightning's results tables
-        for stage, run in (("val", cli.trainer.validate), ("test", cli.trainer.test)):
-            metrics = run(cli.model, datamodule=cli.datamodule, verbose=False)[0]
-            out[f"{stage}_acc"] = float(metrics[f"{stage}/acc"])
-            out[f"{stage}_loss"] = float(metrics[f"{stage}/loss"])
+    for stage, evaluate_on in (("val", trainer.validate), ("test", trainer.test)):
+        metrics = evaluate_on(run.model, datamodule=run.datamodule, verbose=False)[0]
+        out[f"{stage}_acc"] = float(metrics[f"{stage}/acc"])
+        out[f"{stage}_loss"] = float(metrics[f"{stage}/loss"])
     return out
-
-
-@contextlib.contextmanager
-def checkpoint_cli(
-    config: str, ckpt_path: str, overrides: list[str] | None = None
-) -> Iterator[Any]:
-    """The finished ``machlite validate`` of ``ckpt_path``: its model, datamodule and trainer.
-
-    Nothing is written: no logger, no run folder (the trainer's root is a scratch folder,
-    removed after the block), no report callbacks.
-
-    Raises:
-        MachliteError: The config, checkpoint or data cannot be used.
-    """
-    from machlite.cli import run_lightning
-
-    warnings.filterwarnings("ignore", message=r".*but have no logger configured")
-    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
-    with tempfile.TemporaryDirectory(prefix="machlite-") as scratch:
-        args = ["validate", "--config", config, *(overrides or []), *QUIET]
-        args += ["--trainer.default_root_dir", scratch, "--ckpt_path", ckpt_path]
-        with contextlib.redirect_stdout(io.StringIO()):  # Lightning's results table
-            cli = run_lightning(args)  # parses, loads the checkpoint and validates once
-        yield cli
 
 
 def quantize(
@@ -106,19 +64,21 @@ def quantize(
     Raises:
         MachliteError: The config, checkpoint or data cannot be used.
     """
-    with checkpoint_cli(config, ckpt_path, overrides) as cli:
-        return _compare(cli, quant, config, ckpt_path)
+    run = load_run(config, ckpt_path, overrides)
+    return _compare(run, evaluation_trainer(run), quant, config, ckpt_path)
 
 
-def _compare(cli: Any, quant: QuantConfig, config: str, ckpt_path: str) -> dict[str, Any]:
-    model = cli.model
-    input_shape = tuple(cli.datamodule.input_shape)
+def _compare(
+    run: LoadedRun, trainer: pl.Trainer, quant: QuantConfig, config: str, ckpt_path: str
+) -> dict[str, Any]:
+    model = run.model
+    input_shape = tuple(run.datamodule.input_shape)
     baseline = model.network
     base_name = "float" if model.quantization is None else "checkpoint (QAT)"
-    results = {"baseline": evaluate(cli)}
+    results = {"baseline": evaluate(run, trainer)}
     model.network = quantize_network(baseline, quant)
     try:
-        results["quantized"] = evaluate(cli)
+        results["quantized"] = evaluate(run, trainer)
     finally:
         model.network = baseline
     return {
@@ -127,7 +87,7 @@ def _compare(cli: Any, quant: QuantConfig, config: str, ckpt_path: str) -> dict[
         "baseline_name": base_name,
         "quantization": quant.to_dict(),
         "network": type(baseline).__name__,
-        "synthetic": getattr(cli.datamodule, "run_tag", "") == "synthetic",
+        "synthetic": getattr(run.datamodule, "run_tag", "") == "synthetic",
         "float": results["baseline"],
         "quantized": results["quantized"],
         "cost_float": network_cost(baseline, None, input_shape).as_dict(),
@@ -197,7 +157,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     report["quant_file"] = str(args.quant)
     text = report_markdown(report)
     print(text, end="", flush=True)
-    out = Path(args.out) if args.out else run_folder(ckpt)
+    out = Path(args.out) if args.out else RunFolder.of_checkpoint(ckpt).path
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "quantize.md", text)
     atomic_write_json(out / "quantize.json", report)
@@ -205,4 +165,4 @@ def main(argv: list[str]) -> dict[str, Any]:
     return report
 
 
-__all__ = ["checkpoint_cli", "main", "quantize", "report_markdown", "run_folder"]
+__all__ = ["evaluate", "main", "quantize", "report_markdown"]

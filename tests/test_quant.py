@@ -7,6 +7,7 @@ Accuracies here are on SYNTHETIC JSC data: they test the pipeline, not the netwo
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -390,6 +391,42 @@ def test_ptq_changes_accuracy_less_at_16_bits_than_at_4(
     assert reports["16_8"]["float"] == reports["4_2"]["float"]  # the same float baseline
     assert reports["4_2"]["cost_quantized"]["bits"] < reports["16_8"]["cost_quantized"]["bits"]
     assert reports["16_8"]["cost_quantized"]["bits"] < reports["16_8"]["cost_float"]["bits"]
+
+
+def test_ptq_evaluates_each_variant_once_and_reads_the_checkpoint_once(
+    jsc_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One validation and one test pass per variant (float, quantized), nothing thrown away."""
+    torch.manual_seed(0)
+    ckpt = Path("run/checkpoints/tiny.ckpt")
+    ckpt.parent.mkdir(parents=True)
+    model = Classifier(network=JSCTiny(), num_classes=5, input_shape=(16,))
+    torch.save({"state_dict": model.state_dict(), "pytorch-lightning_version": "2.0.9"}, ckpt)
+    passes: list[str] = []
+    for hook in ("on_validation_epoch_end", "on_test_epoch_end"):
+        original = getattr(Classifier, hook)
+
+        def counted(self: Classifier, _original: Any = original, _hook: str = hook) -> None:
+            passes.append(_hook)
+            _original(self)
+
+        monkeypatch.setattr(Classifier, hook, counted)
+    reads: list[str] = []
+    torch_load = torch.load
+
+    def load(f: Any, *args: Any, **kwargs: Any) -> Any:
+        reads.append(str(getattr(f, "name", f)))
+        return torch_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    quant = str(CONFIGS / "quant" / "int8_4.yaml")
+    args = ["quantize", "--config", TINY, "--quant", quant, "--ckpt_path", str(ckpt)]
+    assert run([*args, *synthetic(jsc_data_dir)]) == 0
+    assert passes.count("on_validation_epoch_end") == 2  # float, quantized
+    assert passes.count("on_test_epoch_end") == 2
+    assert [r for r in reads if r.endswith(".ckpt")] == [str(ckpt)]
+    report = json.loads(Path("run/quantize.json").read_text())  # the run folder's
+    assert set(report["quantized"]) == {"val_acc", "val_loss", "test_acc", "test_loss"}
 
 
 def test_ptq_errors_are_one_line(jsc_data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -61,7 +61,11 @@ def parser() -> PlainArgumentParser:
 
 
 def split_inputs(datamodule: Any, samples: int = 0) -> np.ndarray:
-    """The test split's inputs (the first ``samples``; 0: all) as a float32 array."""
+    """The test split's inputs (the first ``samples``; 0: all) as a float32 array.
+
+    The datamodule's data is prepared (downloaded, synthesised or cached) first if need be.
+    """
+    datamodule.prepare_data()
     datamodule.setup("test")
     xs = [batch[0].detach().cpu() for batch in datamodule.test_dataloader()]
     x = torch.cat(xs).numpy().astype(np.float32)
@@ -159,21 +163,22 @@ def main(argv: list[str]) -> dict[str, Any]:
         BadArguments: The command line does not parse.
         MachliteError: The extra is missing, or the config, checkpoint or data cannot be used.
     """
-    from machlite.quantize import checkpoint_cli, run_folder
+    from machlite.runs.layout import RunFolder
+    from machlite.runs.load import load_run
 
     args, overrides = parser().parse_known_args(argv)
     require(args.format)  # before any work
     ckpt = Path(args.ckpt_path)
     if not ckpt.is_file():
         raise ConfigError(f"--ckpt_path {ckpt} does not exist: give a checkpoint file")
-    config = args.config or run_folder(ckpt) / "config.yaml"
+    config = args.config or RunFolder.of_checkpoint(ckpt).config
     if not Path(config).is_file():
         raise ConfigError(f"no config: {config} does not exist; give the run's --config")
     quant = load_quant_config(args.quant) if args.quant else None
-    with checkpoint_cli(str(config), str(ckpt), overrides) as cli:
-        input_shape = tuple(cli.datamodule.input_shape)
-        x = split_inputs(cli.datamodule, args.samples)
-        network = cli.model.network
+    run = load_run(config, ckpt, overrides)
+    input_shape = tuple(run.datamodule.input_shape)
+    x = split_inputs(run.datamodule, args.samples)
+    network = run.model.network
     result = export(network, input_shape, args.format, Path(args.out), x, quant)
     result = {"format": args.format, "checkpoint": str(ckpt), **result}
     print(

@@ -14,14 +14,9 @@ The quantized network, read and written through one API:
 ``machlite fit`` config (:class:`machlite.module.Classifier`). docs/quantization.md.
 """
 
-from machlite.quant.config import (
-    FixedPoint,
-    LayerQuant,
-    QuantConfig,
-    from_dict,
-    load_quant_config,
-)
+from machlite.quant.config import QuantConfig, from_dict, load_quant_config
 from machlite.quant.cost import LayerCost, network_cost
+from machlite.quant.formats import FixedPoint, LayerQuant
 from machlite.quant.layers import (
     LAYER_TYPES,
     LAYERS,

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from machlite.quant.config import FixedPoint, LayerQuant, QuantConfig, from_dict
+from machlite.quant.config import QuantConfig, from_dict
+from machlite.quant.formats import FixedPoint, LayerQuant
 from machlite.quant.layers import LAYERS, is_quantized, layer_type
 
 #: The bits of a float value.

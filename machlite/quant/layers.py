@@ -14,14 +14,12 @@ its torch class and its ``Quant*`` class. :func:`layer_type`, :func:`is_quantize
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # config imports this module's table
-    from machlite.quant.config import FixedPoint, LayerQuant
+from machlite.quant.formats import FixedPoint, LayerQuant
 
 
 def fake_quant(x: Tensor, fmt: FixedPoint | None) -> Tensor:

@@ -6,7 +6,8 @@ import copy
 
 from torch import nn
 
-from machlite.quant.config import LayerQuant, QuantConfig, from_dict
+from machlite.quant.config import QuantConfig, from_dict
+from machlite.quant.formats import LayerQuant
 from machlite.quant.layers import layer_type
 
 

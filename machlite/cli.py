@@ -14,6 +14,7 @@ import io
 import logging
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,12 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from machlite.accelerator_setup import set_up_accelerator
 from machlite.callbacks.wiring import CALLBACKS, hparams_settings, wire_trainer
-from machlite.checkpoint import AtomicCheckpointIO, MachliteCheckpoint, load_checkpoint_file
+from machlite.checkpoint import (
+    AtomicCheckpointIO,
+    MachliteCheckpoint,
+    load_checkpoint_file,
+    model_config_of,
+)
 from machlite.config_files import check_config_syntax, name_config_file
 from machlite.datasets import InMemoryDataModule
 from machlite.errors import BadArguments, ConfigError, first_line
@@ -170,12 +176,9 @@ class MachliteCLI(LightningCLI):
             return
         weights_only = self.config[subcommand].get("weights_only") is not False
         ckpt = load_checkpoint_file(ckpt_path, "cpu", weights_only=weights_only)
-        hparams = dict(ckpt.get("hyper_parameters") or {})
-        hparams.pop("_instantiator", None)
+        hparams = model_config_of(ckpt)
         if not hparams:
             return
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def instantiate_classes(self) -> None:
@@ -251,6 +254,57 @@ class _NoAdvertising(logging.Filter):
 _NO_ADVERTISING = _NoAdvertising()
 
 
+def quiet_lightning() -> None:
+    """Silence what Lightning says about what machlite does on purpose, and its advertising."""
+    warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
+    # lightning 2.6 with torch >= 2.10 warns about its own use of a deprecated torch API
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # given in-process (tests, run jobs, load_run) the arguments differ from sys.argv on purpose
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_NO_ADVERTISING)  # the same filter object: added once
+
+
+def cli_defaults() -> dict[str, Any]:
+    """The LightningCLI arguments every machlite CLI is built with: the task, the datamodule
+    base class (any subclass by class path), seed 0 and the description."""
+    return {
+        "model_class": Classifier,
+        "datamodule_class": InMemoryDataModule,
+        "subclass_mode_data": True,
+        "seed_everything_default": 0,
+        "parser_kwargs": {"description": DESCRIPTION},
+    }
+
+
+def build_cli(
+    args: list[str], make: Callable[[list[str] | None], MachliteCLI] | None = None
+) -> MachliteCLI:
+    """Build a machlite CLI from ``args`` with machlite's one-line errors.
+
+    Args:
+        args: The arguments (a subcommand and its flags, or flags only for a CLI built with
+            ``run=False``).
+        make: Builds the CLI from the arguments (None: the process's own ``sys.argv``);
+            default: :class:`MachliteCLI` with :func:`cli_defaults`, which runs the
+            subcommand.
+
+    Raises:
+        BadArguments: The arguments or config do not parse, naming the config file.
+        MachliteError: A user-fixable problem while running (data, checkpoint, disk).
+    """
+    given = list(args)
+    check_config_syntax(given)  # a broken YAML file is named, with its line and column
+    quiet_lightning()
+    make = make or (lambda argv: MachliteCLI(**cli_defaults(), args=argv))
+    try:  # from the command line LightningCLI reads sys.argv itself
+        return make(None if given == sys.argv[1:] else given)
+    except MisconfigurationException as err:
+        raise ConfigError(first_line(err)) from err
+    except BadArguments as err:
+        raise name_config_file(err, given) from None  # the config file with the bad key
+
+
 def run_lightning(args: list[str]) -> MachliteCLI:
     """Run a Lightning subcommand (``fit``, ``validate``, ``test``, ``predict``) in-process.
 
@@ -265,30 +319,7 @@ def run_lightning(args: list[str]) -> MachliteCLI:
         BadArguments: The arguments or config do not parse (a SystemExit with exit code 2).
         MachliteError: A user-fixable problem while running (data, checkpoint, disk).
     """
-    warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
-    # lightning 2.6 with torch >= 2.10 warns about its own use of a deprecated torch API
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_NO_ADVERTISING)  # the same filter object: added once
-    # From the command line LightningCLI reads sys.argv itself; given in-process (tests, the
-    # sweep's jobs) the arguments are meant to differ from sys.argv, which it warns about.
-    given = list(args)
-    check_config_syntax(given)  # a broken YAML file is named, with its line and column
-    args = None if given == sys.argv[1:] else given
-    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
-    try:
-        return MachliteCLI(
-            model_class=Classifier,
-            datamodule_class=InMemoryDataModule,
-            subclass_mode_data=True,
-            seed_everything_default=0,
-            parser_kwargs={"description": DESCRIPTION},
-            args=args,
-        )
-    except MisconfigurationException as err:
-        raise ConfigError(first_line(err)) from err
-    except BadArguments as err:
-        raise name_config_file(err, given) from None  # the config file with the bad key
+    return build_cli(args)
 
 
 def check_args(args: list[str]) -> None:

@@ -6,7 +6,7 @@
 - :mod:`machlite.checkpoint.resume`: what ``--ckpt_path last`` needs to continue exactly.
 """
 
-from machlite.checkpoint.io import AtomicCheckpointIO, load_checkpoint_file
+from machlite.checkpoint.io import AtomicCheckpointIO, load_checkpoint_file, model_config_of
 from machlite.checkpoint.model_checkpoint import MachliteCheckpoint
 from machlite.checkpoint.resume import (
     RESUME_KEY,
@@ -17,6 +17,7 @@ from machlite.checkpoint.resume import (
 )
 
 __all__ = [
+    "model_config_of",
     "RESUME_KEY",
     "AtomicCheckpointIO",
     "MachliteCheckpoint",

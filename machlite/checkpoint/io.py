@@ -103,3 +103,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if str(path).startswith(("http://", "https://", "s3://", "gs://")):
             return super().load_checkpoint(path, map_location, weights_only)
         return load_checkpoint_file(path, map_location, weights_only)
+
+
+def model_config_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The model config a Lightning checkpoint's ``hyper_parameters`` give, in the form
+    LightningCLI parses (``class_path`` and ``dict_kwargs`` for a class path); empty: none."""
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    hparams.pop("_instantiator", None)
+    if "_class_path" in hparams:
+        hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+    return hparams

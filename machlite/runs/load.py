@@ -17,7 +17,6 @@ and ``machlite export`` stand on it.
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -28,11 +27,10 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from machlite.accelerator import choose_accelerator, stop_gpu_probe
-from machlite.checkpoint import load_checkpoint_file
-from machlite.cli import DESCRIPTION, MachliteCLI
-from machlite.config_files import check_config_syntax, name_config_file
+from machlite.checkpoint import load_checkpoint_file, model_config_of
+from machlite.cli import MachliteCLI, build_cli, cli_defaults, quiet_lightning
 from machlite.datasets import InMemoryDataModule
-from machlite.errors import BadArguments, ConfigError, DataError, first_line
+from machlite.errors import ConfigError, DataError, first_line
 from machlite.explain import explain
 from machlite.module import Classifier
 
@@ -69,16 +67,7 @@ class _CheckpointCLI(MachliteCLI):
         self.ckpt_path = ckpt_path
         #: The checkpoint's contents, read in :meth:`before_instantiate_classes`.
         self.checkpoint: dict[str, Any] = {}
-        super().__init__(
-            model_class=Classifier,
-            datamodule_class=InMemoryDataModule,
-            subclass_mode_data=True,
-            seed_everything_default=0,
-            save_config_callback=None,
-            parser_kwargs={"description": DESCRIPTION},
-            args=args,
-            run=False,
-        )
+        super().__init__(**cli_defaults(), save_config_callback=None, args=args, run=False)
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         """MachliteCLI's arguments, and ``machlite validate``'s own (``ckpt_path``,
@@ -108,12 +97,9 @@ class _CheckpointCLI(MachliteCLI):
         self.checkpoint = load_checkpoint_file(self.ckpt_path, "cpu", weights_only=weights_only)
         if not isinstance(self.checkpoint, dict):
             raise DataError(f"checkpoint {self.ckpt_path} is not a Lightning checkpoint")
-        hparams = dict(self.checkpoint.get("hyper_parameters") or {})
-        hparams.pop("_instantiator", None)
+        hparams = model_config_of(self.checkpoint)
         if not hparams:
             return
-        if "_class_path" in hparams:
-            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         self.config = self.parser.parse_object({"model": hparams}, self.config)
 
     def instantiate_trainer(self, **kwargs: Any) -> None:
@@ -121,20 +107,10 @@ class _CheckpointCLI(MachliteCLI):
         return None
 
 
-def _no_tip(record: logging.LogRecord) -> bool:
-    """Drop Lightning's "💡 Tip: ... try installing litlogger/litmodels" lines."""
-    return not str(record.msg).startswith("💡 Tip:")
-
-
 def _quiet_lightning() -> None:
-    """Silence what Lightning says about what machlite does on purpose, and its
-    advertising (as :func:`machlite.cli.run_lightning` does)."""
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_no_tip)  # the same function: added once
-    warnings.filterwarnings("ignore", message=r".*configure_optimizers` will be overridden.*")
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
-    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
-    # validate/test log val/ and test/ scalars for their loggers; an evaluation has none
+    """As every machlite CLI (:func:`machlite.cli.quiet_lightning`), and: validate/test log
+    val/ and test/ scalars for their loggers, which an evaluation has none of."""
+    quiet_lightning()
     warnings.filterwarnings("ignore", message=r".*but have no logger configured")
 
 
@@ -161,14 +137,9 @@ def load_run(
     """
     ckpt = Path(ckpt_path)
     given = ["--config", str(config), *(overrides or [])]
-    check_config_syntax(given)  # a broken YAML file is named, with its line and column
     _quiet_lightning()
-    try:
-        cli = _CheckpointCLI(ckpt, given)
-    except MisconfigurationException as err:
-        raise ConfigError(first_line(err)) from err
-    except BadArguments as err:
-        raise name_config_file(err, given) from None  # the config file with the bad key
+    cli = build_cli(given, lambda args: _CheckpointCLI(ckpt, args or given))
+    assert isinstance(cli, _CheckpointCLI)
     model, checkpoint = cli.model, cli.checkpoint
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict):

@@ -38,7 +38,7 @@ from machlite.datasets import InMemoryDataModule
 from machlite.errors import BadArguments, ConfigError, first_line
 from machlite.explain import OneLineArgumentParser, explain
 from machlite.module import Classifier
-from machlite.run_setup import experiment_name, resolve_last, run_logger, run_target
+from machlite.runs.placement import experiment_name, resolve_last, run_logger, run_target
 from machlite.types import PositiveInt
 
 DESCRIPTION = """machlite: train small networks (JSC-Tiny/Toy/Will, the MNIST CNN) with Lightning.
@@ -55,7 +55,7 @@ class MachliteCLI(LightningCLI):
 
     Its own work is its arguments and their links; the rest it hands on: the accelerator to
     :mod:`machlite.accelerator_setup`, the run folder and ``--ckpt_path last`` to
-    :mod:`machlite.run_setup`, the callbacks and checkpoint IO to
+    :mod:`machlite.runs.placement`, the callbacks and checkpoint IO to
     :mod:`machlite.callbacks.wiring`.
     """
 

@@ -5,6 +5,7 @@ the hls4ml ones compile C++ (g++, about 30 s each) and are marked slow.
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from machlite.errors import ConfigError, MachliteError
 from machlite.export import compare, export
 from machlite.models import JSCToy, MNISTNet
 from machlite.quant import load_quant_config, quantize_network
@@ -103,12 +105,14 @@ def test_qonnx_quant_nodes_carry_the_formats(tmp_path: Path) -> None:
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     quants = [n for n in model.graph.node if n.op_type == "Quant"]
     assert len(quants) == 3 * 3 + 4  # 3 Linear x (input, weight, bias), 4 ReLU inputs
+    formats = []
     for node in quants:
         assert node.domain == QONNX_DOMAIN
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert attrs == {"signed": 1, "narrow": 0, "rounding_mode": b"ROUND"}
-        scale, zeropt, bits = (inits[name] for name in node.input[1:])
-        assert (scale, zeropt, bits) == (1 / 16, 0.0, 8.0)
+        formats.append(tuple(float(inits[name]) for name in node.input[1:]))
+    # the biases at the accumulator's scale, (8, 4) x (8, 4): 2^-8, 12 bits (Brevitas's way)
+    assert sorted(formats) == [(1 / 256, 0.0, 12.0)] * 3 + [(1 / 16, 0.0, 8.0)] * 10
 
 
 def test_hls4ml_config_maps_the_formats() -> None:
@@ -222,3 +226,67 @@ def test_hls4ml_config_rounds_before_a_flatten() -> None:
     assert layers["layer2_relu"]["Precision"]["result"] == "ap_fixed<8,5,AP_RND_CONV,AP_SAT>"
     assert layers["layer1_relu"]["Precision"]["result"] == "ap_fixed<8,4,AP_RND_CONV,AP_SAT>"
     assert layers["x"]["Precision"]["result"] == "ap_fixed<8,3,AP_RND_CONV,AP_SAT>"
+
+
+def test_out_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime")
+    (tmp_path / "out.txt").write_text("a file")
+    args = ["export", "--ckpt_path", "x.ckpt", "--format", "onnx", "--out", "out.txt"]
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("machlite: error: --out out.txt is a file") and "give a new" in err[0]
+    assert (tmp_path / "out.txt").read_text() == "a file"
+    with pytest.raises(ConfigError, match="is a file"):  # the library call says the same
+        export(JSCToy(), (16,), "onnx", tmp_path / "out.txt", np.zeros((2, 16), np.float32))
+
+
+def test_no_cpp_compiler_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("hls4ml")
+    from machlite.export.to_hls4ml import build_hls4ml
+
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no g++ on it
+    args = ["export", "--ckpt_path", "x.ckpt", "--format", "hls4ml", "--out", "hls"]
+    assert run(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("machlite: error: hls4ml's compile needs the C++ compiler g++")
+    assert "apt-get install g++" in err[0]
+    assert not Path("hls").exists()  # stopped before any work
+    network = quantize_network(trained_like(JSCToy(), (16,)), load_quant_config(INT8))
+    with pytest.raises(MachliteError, match="not on PATH"):
+        build_hls4ml(network, (16,), tmp_path / "lib")
+
+
+@pytest.mark.slow
+def test_a_failed_compile_is_one_line_and_leaves_no_marker(
+    jsc_data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # export_hls4ml.json is written last: a stale one goes first, so a folder whose compile
+    # failed half way does not look like a finished export
+    pytest.importorskip("hls4ml")
+    ckpt = _float_run(jsc_data_dir)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "g++").write_text("#!/bin/sh\necho 'g++: fatal error: no space left' >&2\nexit 1\n")
+    (fake / "g++").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    Path("hls").mkdir()
+    Path("hls/export_hls4ml.json").write_text("{}")  # a finished export from before
+    args = ["export", "--ckpt_path", str(ckpt), "--out", "hls", "--format", "hls4ml"]
+    capsys.readouterr()
+    assert run([*args, "--quant", str(INT8), "--samples", "20", *synthetic(jsc_data_dir)]) == 1
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("machlite: error: hls4ml's compile of hls failed (")
+    assert "hls/build_lib.log" in err[0]
+    assert "no space left" in Path("hls/build_lib.log").read_text()
+    assert "no space left" not in captured.out  # g++'s output goes to the log only
+    assert not Path("hls/export_hls4ml.json").exists()

@@ -8,8 +8,8 @@ Each export is run on the test split and compared with machlite's own output: ON
 float network) with onnxruntime against PyTorch; QONNX and hls4ml (the quantized network:
 the checkpoint's own formats after QAT, or ``--quant``) against machlite's fake-quantized
 network. The comparison (max abs diff, class agreement) is printed and written as
-``export_FORMAT.json`` into ``--out``. Needs the ``hw`` extra (hls4ml, onnx, onnxruntime, qonnx).
-docs/export.md.
+``export_FORMAT.json`` into ``--out``, last: a folder without it is not a finished export.
+Needs the ``hw`` extra (hls4ml, onnx, onnxruntime, qonnx). docs/export.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from machlite.atomic import atomic_write_json
-from machlite.errors import ConfigError, PlainArgumentParser
+from machlite.errors import ConfigError, PlainArgumentParser, write_error
 from machlite.export.extra import require
 from machlite.quant import (
     QuantConfig,
@@ -87,6 +87,33 @@ def compare(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
     }
 
 
+def check_out(out: Path) -> None:
+    """Check that ``--out`` can be the output folder: a folder, or nothing yet.
+
+    Raises:
+        ConfigError: ``out`` is a file (or something else that is not a folder).
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(
+            f"--out {out} is a file, but machlite export writes a folder there: give a new "
+            "folder or an existing one (e.g. --out export)"
+        )
+
+
+def make_out(out: Path) -> None:
+    """Create the output folder ``out`` (and its parents).
+
+    Raises:
+        ConfigError: ``out`` is a file.
+        MachliteError: The folder cannot be created (a parent is a file, no permission).
+    """
+    check_out(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(err, f"the export folder {out}") from err
+
+
 def export(
     network: torch.nn.Module,
     input_shape: tuple[int, ...],
@@ -110,7 +137,7 @@ def export(
     """
     require(fmt)
     network = network.cpu().eval()
-    out.mkdir(parents=True, exist_ok=True)
+    make_out(out)
     if fmt == "onnx":
         from machlite.export.to_onnx import export_onnx, run_onnxruntime
 
@@ -168,6 +195,12 @@ def main(argv: list[str]) -> dict[str, Any]:
 
     args, overrides = parser().parse_known_args(argv)
     require(args.format)  # before any work
+    out = Path(args.out)
+    check_out(out)
+    if args.format == "hls4ml":
+        from machlite.export.to_hls4ml import require_compiler
+
+        require_compiler()
     ckpt = Path(args.ckpt_path)
     if not ckpt.is_file():
         raise ConfigError(f"--ckpt_path {ckpt} does not exist: give a checkpoint file")
@@ -179,7 +212,13 @@ def main(argv: list[str]) -> dict[str, Any]:
     input_shape = tuple(run.datamodule.input_shape)
     x = split_inputs(run.datamodule, args.samples)
     network = run.model.network
-    result = export(network, input_shape, args.format, Path(args.out), x, quant)
+    # export_FORMAT.json is written last: a folder without it is not a finished export
+    marker = out / f"export_{args.format}.json"
+    try:
+        marker.unlink(missing_ok=True)
+    except OSError as err:
+        raise write_error(err, f"the export folder {out}") from err
+    result = export(network, input_shape, args.format, out, x, quant)
     result = {"format": args.format, "checkpoint": str(ckpt), **result}
     print(
         f"machlite: {args.format} written to {result['file']}; against {result['against']} on "
@@ -188,8 +227,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         f"{100 * result['identical']:.2f}%",
         flush=True,
     )
-    atomic_write_json(Path(args.out) / f"export_{args.format}.json", result)
+    atomic_write_json(marker, result)
     return result
 
 
-__all__ = ["FORMATS", "compare", "export", "main", "split_inputs"]
+__all__ = ["FORMATS", "check_out", "compare", "export", "main", "make_out", "split_inputs"]

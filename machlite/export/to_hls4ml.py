@@ -13,12 +13,20 @@ precisions (``I = W - frac_width``: round half to even, saturate, as machlite's 
 - every accumulator: :data:`ACCUM`, wide enough to sum the products exactly;
 - float (unset) formats: :data:`WIDE`, hls4ml's stand-in for float.
 
+:func:`hls4ml_from_qonnx` reads machlite's QONNX (:mod:`machlite.export.to_qonnx`) with
+hls4ml's own QONNX frontend instead, after qonnx's cleanup transforms, as hls4ml's docs say.
+
+Compiling needs g++ on PATH (:func:`require_compiler`); g++'s output goes to
+``build_lib.log`` in the project, and a failed compile is one :class:`MachliteError` line.
 Vivado/Vitis HLS synthesis (latency, LUTs, DSPs) is not run: only the C++ model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,7 +34,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from machlite.errors import MachliteError, first_line
+from machlite.errors import MachliteError, first_line, write_error
 from machlite.quant import FixedPoint, LayerQuant, dequantize, layer_formats
 
 #: The precision that stands in for a float value: 16 integer bits and 32 fractional ones,
@@ -34,6 +42,8 @@ from machlite.quant import FixedPoint, LayerQuant, dequantize, layer_formats
 WIDE = "ap_fixed<48,16,AP_RND_CONV,AP_SAT>"
 #: Every accumulator's precision: sums of products of the formats above, exactly.
 ACCUM = "ap_fixed<64,32>"
+#: The C++ compiler hls4ml's ``build_lib.sh`` calls (``CC=g++``, not configurable).
+COMPILER = "g++"
 
 
 def ap_fixed(fmt: FixedPoint | None) -> str:
@@ -124,10 +134,93 @@ def build_hls4ml(network: nn.Module, input_shape: tuple[int, ...], out: Path) ->
             f"({type(err).__name__}: {first_line(err)}); the onnx and qonnx formats still "
             "work (docs/export.md)"
         ) from err
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.compile()
+    compile_model(model, out)
     return model
+
+
+def require_compiler() -> None:
+    """Check that hls4ml's compile can run: g++ is on PATH.
+
+    Raises:
+        MachliteError: It is not; the message names the package to install.
+    """
+    if shutil.which(COMPILER) is None:
+        raise MachliteError(
+            f"hls4ml's compile needs the C++ compiler {COMPILER}, which is not on PATH: install "
+            "it (Debian/Ubuntu: apt-get install g++) or put it on PATH; the onnx and qonnx "
+            "formats need no compiler"
+        )
+
+
+def compile_model(model: Any, out: Path) -> None:
+    """Write and compile hls4ml's project in ``out`` (g++); g++'s output goes to build_lib.log.
+
+    Raises:
+        MachliteError: g++ is not on PATH, or the compile failed (the log names the error).
+    """
+    require_compiler()
+    log = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(log):
+            warnings.simplefilter("ignore")
+            model.compile()
+    except OSError as err:
+        raise write_error(err, f"hls4ml project {out}") from err
+    except Exception as err:  # noqa: BLE001  hls4ml raises a bare Exception when g++ fails
+        path = out / "build_lib.log"
+        with contextlib.suppress(OSError):
+            path.write_text(log.getvalue())
+        raise MachliteError(
+            f"hls4ml's compile of {out} failed ({first_line(err)}): g++'s errors are in {path}"
+        ) from err
+    with contextlib.suppress(OSError):
+        (out / "build_lib.log").write_text(log.getvalue())
+
+
+def hls4ml_from_qonnx(model: Any, out: Path) -> Any:
+    """hls4ml's model of machlite's QONNX ``model``, read by hls4ml's QONNX frontend, compiled.
+
+    As hls4ml's docs say: qonnx's ``cleanup_model``, ``ConvertToChannelsLastAndClean`` and
+    ``GemmToMatMul``, then ``config_from_onnx_model`` and ``convert_from_onnx_model`` (Vivado,
+    ``io_parallel``). Every precision the ``Quant`` nodes do not set (a float layer) is
+    :data:`WIDE`, as in :func:`build_hls4ml`.
+
+    Returns:
+        hls4ml's ``ModelGraph``: ``predict(x)`` runs the fixed-point C++ model.
+
+    Raises:
+        MachliteError: hls4ml cannot convert the graph, or g++ is missing or fails.
+    """
+    import hls4ml
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
+    from qonnx.transformation.gemm_to_matmul import GemmToMatMul
+    from qonnx.util.cleanup import cleanup_model
+
+    require_compiler()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            wrapper = cleanup_model(ModelWrapper(model))
+            wrapper = wrapper.transform(ConvertToChannelsLastAndClean())
+            wrapper = cleanup_model(wrapper.transform(GemmToMatMul()))
+            config = hls4ml.utils.config.config_from_onnx_model(
+                wrapper, granularity="name", backend="Vivado", default_precision=WIDE
+            )
+            hls_model = hls4ml.converters.convert_from_onnx_model(
+                wrapper,
+                output_dir=str(out),
+                backend="Vivado",
+                io_type="io_parallel",
+                hls_config=config,
+            )
+    except Exception as err:  # noqa: BLE001  hls4ml raises anything on a graph it cannot read
+        raise MachliteError(
+            f"hls4ml {hls4ml.__version__}'s QONNX frontend cannot convert the graph "
+            f"({type(err).__name__}: {first_line(err)})"
+        ) from err
+    compile_model(hls_model, out)
+    return hls_model
 
 
 def run_hls4ml(model: Any, x: np.ndarray) -> np.ndarray:

@@ -7,6 +7,13 @@ Each fixed-point format of :mod:`machlite.quant` becomes a ``Quant`` node (domai
 own ``Quant`` node, as QONNX writes them. BatchNorm is written as what machlite computes:
 ``x * scale + shift`` with the folded, quantized scale and shift.
 
+A bias (and a BatchNorm's shift) whose input and weight are quantized follows Brevitas's
+convention, which hls4ml's QONNX reader needs (:func:`accumulator_format`): the initializer
+is the bias rounded to its own format (exactly machlite's value), behind a ``Quant`` at the
+accumulator's scale ``2^-(input frac + weight frac)`` and a bit width that holds it exactly.
+The graph's output ``y`` is the last node's own output (no trailing ``Identity``, which
+hls4ml turns into a C++ model without an output).
+
 The graph is the network's ``torch.fx`` trace. Supported: Linear, Conv2d, BatchNorm1d/2d,
 ReLU, Dropout and Identity (dropped), MaxPool2d, Flatten, Softmax, as modules or their
 functional forms.
@@ -26,6 +33,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from machlite.errors import ConfigError
 from machlite.quant import FixedPoint, LayerQuant, dequantize, layer_formats
+from machlite.quant.layers import fake_quant
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
 OPSET = 13
@@ -71,6 +79,40 @@ class _Builder:
         )
 
 
+def accumulator_format(layer: str, q: LayerQuant) -> FixedPoint | None:
+    """The bias's format at the accumulator's scale (Brevitas's convention), or None.
+
+    The accumulator of ``round(x) @ round(W)`` has ``frac = data_in.frac + weight.frac``. The
+    bias, rounded to its own format ``(W_b, F_b)``, is a multiple of ``2^-F_b``, so at the
+    accumulator's scale it is exact in ``W_b + frac - F_b`` bits, with the same range. None
+    when the input, weight or bias is float (the bias then keeps its own format, or none).
+
+    Raises:
+        ConfigError: The bias is finer than the accumulator (``F_b > frac``): its value is not
+            a multiple of the accumulator's step, so the convention cannot hold it exactly.
+    """
+    if q.data_in is None or q.weight is None or q.bias is None:
+        return None
+    frac = q.data_in.frac_width + q.weight.frac_width
+    if q.bias.frac_width > frac:
+        raise ConfigError(
+            f"QONNX export: layer {layer}'s bias format {q.bias} is finer than its accumulator "
+            f"(2^-{frac}, data_in frac_width + weight frac_width), so hls4ml's bias convention "
+            f"cannot hold it exactly: set {layer}'s bias frac_width to at most {frac} in the "
+            "quantization file"
+        )
+    return FixedPoint(q.bias.width + frac - q.bias.frac_width, frac)
+
+
+def _bias(b: _Builder, layer: str, value: torch.Tensor, q: LayerQuant) -> str:
+    """A bias (or BatchNorm shift) as machlite rounds it: at the accumulator's scale if it can."""
+    acc = accumulator_format(layer, q)
+    if acc is None:
+        return b.quant(b.const("b", value), q.bias)
+    # the value machlite adds, then a Quant at the accumulator's scale that leaves it as it is
+    return b.quant(b.const("b", fake_quant(value.detach().float(), q.bias)), acc)
+
+
 def _pair(value: Any) -> list[int]:
     return list(value) if isinstance(value, tuple | list) else [value, value]
 
@@ -82,21 +124,21 @@ def _unsupported(what: str) -> ConfigError:
     )
 
 
-def _module(b: _Builder, module: nn.Module, q: LayerQuant, x: str, ndim: int) -> str:
-    """The ONNX nodes of one module applied to ``x``; returns the output's name."""
+def _module(b: _Builder, name: str, module: nn.Module, q: LayerQuant, x: str, ndim: int) -> str:
+    """The ONNX nodes of module ``name`` applied to ``x``; returns the output's name."""
     if isinstance(module, nn.Linear):
         y = b.node(
             "MatMul", [b.quant(x, q.data_in), b.quant(b.const("w", module.weight.T), q.weight)]
         )
         if module.bias is not None:
-            y = b.node("Add", [y, b.quant(b.const("b", module.bias), q.bias)])
+            y = b.node("Add", [y, _bias(b, name, module.bias, q)])
         return b.quant(y, q.data_out)
     if isinstance(module, nn.Conv2d):
         if isinstance(module.padding, str) or module.padding_mode != "zeros":
             raise _unsupported(f"Conv2d padding {module.padding!r}/{module.padding_mode}")
         inputs = [b.quant(x, q.data_in), b.quant(b.const("w", module.weight), q.weight)]
         if module.bias is not None:
-            inputs.append(b.quant(b.const("b", module.bias), q.bias))
+            inputs.append(_bias(b, name, module.bias, q))
         pads = _pair(module.padding)
         y = b.node(
             "Conv",
@@ -114,7 +156,7 @@ def _module(b: _Builder, module: nn.Module, q: LayerQuant, x: str, ndim: int) ->
         shape = [-1] + [1] * (ndim - 2)
         scale, shift = scale.reshape(shape), shift.reshape(shape)
         y = b.node("Mul", [b.quant(x, q.data_in), b.quant(b.const("scale", scale), q.weight)])
-        y = b.node("Add", [y, b.quant(b.const("shift", shift), q.bias)])
+        y = b.node("Add", [y, _bias(b, name, shift, q)])
         return b.quant(y, q.data_out)
     if isinstance(module, nn.ReLU):
         return b.quant(b.node("Relu", [b.quant(x, q.data_in)]), q.data_out)
@@ -157,6 +199,24 @@ def _function(b: _Builder, node: Any, x: str) -> str:
     raise _unsupported(f"the call {getattr(target, '__name__', target)}")
 
 
+def _name_output(b: _Builder, output: str | None) -> None:
+    """Call the graph's output ``y``: the last node's own output, renamed.
+
+    Not an ``Identity`` node: hls4ml's QONNX reader turns a trailing Identity into a C++
+    model without an output. Only a network that is the identity gets one.
+    """
+    import onnx
+
+    if output is None or output == "x" or not any(output in n.output for n in b.nodes):
+        b.nodes.append(onnx.helper.make_node("Identity", [output or "x"], ["y"], name="output"))
+        return
+    for n in b.nodes:
+        for names in (n.input, n.output):
+            for i, name in enumerate(names):
+                if name == output:
+                    names[i] = "y"
+
+
 def qonnx_model(network: nn.Module, input_shape: tuple[int, ...]) -> Any:
     """The QONNX ``ModelProto`` of a quantized ``network`` (its layers' own formats)."""
     import onnx
@@ -180,12 +240,12 @@ def qonnx_model(network: nn.Module, input_shape: tuple[int, ...]) -> Any:
             ndim = len(node.args[0].meta["tensor_meta"].shape)
             module = graph.get_submodule(node.target)
             spec = formats.get(node.target, LayerQuant())
-            values[node.name] = _module(b, module, spec, x, ndim)
+            values[node.name] = _module(b, node.target, module, spec, x, ndim)
         elif node.op in ("call_function", "call_method") and node.target is not operator.getitem:
             values[node.name] = _function(b, node, values[node.args[0].name])
         else:
             raise _unsupported(f"the graph node {node.op} {node.target}")
-    b.nodes.append(onnx.helper.make_node("Identity", [output], ["y"], name="output"))
+    _name_output(b, output)
     x_info = onnx.helper.make_tensor_value_info(
         "x", onnx.TensorProto.FLOAT, ["batch", *input_shape]
     )

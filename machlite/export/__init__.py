@@ -3,13 +3,16 @@
     machlite export --ckpt_path CK --format onnx --out export/
     machlite export --ckpt_path CK --format qonnx --quant configs/quant/int8_4.yaml --out export/
     machlite export --ckpt_path CK --format hls4ml --out export/hls
+    machlite export --ckpt_path CK --format verilog --quant configs/quant/hw_int8_4.yaml --out rtl/
 
 Each export is run on the test split and compared with machlite's own output: ONNX (the
 float network) with onnxruntime against PyTorch; QONNX and hls4ml (the quantized network:
 the checkpoint's own formats after QAT, or ``--quant``) against machlite's fake-quantized
 network. The comparison (max abs diff, class agreement) is printed and written as
 ``export_FORMAT.json`` into ``--out``, last: a folder without it is not a finished export.
-Needs the ``hw`` extra (hls4ml, onnx, onnxruntime, qonnx). docs/export.md.
+Needs the ``hw`` extra (hls4ml, onnx, onnxruntime, qonnx). docs/export.md. Verilog (alkaid,
+checked by its C++ model and by Verilator, costed by yosys): :mod:`machlite.export.to_verilog`,
+docs/hardware.md.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from machlite.atomic import atomic_write_json
 from machlite.errors import ConfigError, PlainArgumentParser, write_error
 from machlite.export.extra import require
+from machlite.export.to_verilog import add_arguments as add_verilog_arguments
 from machlite.quant import (
     QuantConfig,
     dequantize,
@@ -31,16 +35,16 @@ from machlite.quant import (
     quantize_network,
 )
 
-FORMATS = ("onnx", "qonnx", "hls4ml")
+FORMATS = ("onnx", "qonnx", "hls4ml", "verilog")
 
 
 def parser() -> PlainArgumentParser:
     """The ``machlite export`` command line; unknown ``--KEY VALUE`` go to the config."""
     p = PlainArgumentParser(
         prog="machlite export",
-        description="Export a checkpoint as ONNX (float), QONNX or an hls4ml project (quantized) "
-        "and check it against machlite on the test split. Other --KEY VALUE flags (e.g. "
-        "--data.source synthetic) override the config.",
+        description="Export a checkpoint as ONNX (float), QONNX, an hls4ml project or Verilog "
+        "(quantized) and check it against machlite on the test split. Other --KEY VALUE flags "
+        "(e.g. --data.source synthetic) override the config.",
     )
     p.add_argument("--ckpt_path", required=True, help="The checkpoint")
     p.add_argument("--format", required=True, choices=FORMATS, help="What to write")
@@ -57,6 +61,7 @@ def parser() -> PlainArgumentParser:
     p.add_argument(
         "--samples", type=int, default=0, help="Compare on the first N test samples (0: all)"
     )
+    add_verilog_arguments(p)
     return p
 
 
@@ -121,6 +126,7 @@ def export(
     out: Path,
     x: np.ndarray,
     quant: QuantConfig | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export ``network`` as ``fmt`` into ``out`` and compare it with machlite on ``x``.
 
@@ -130,7 +136,8 @@ def export(
         fmt: ``onnx``, ``qonnx`` or ``hls4ml``.
         out: The output folder.
         x: The inputs to compare on.
-        quant: Formats for a float network (qonnx, hls4ml); None: the network's own.
+        quant: Formats for a float network (qonnx, hls4ml, verilog); None: the network's own.
+        options: The verilog format's options (``to_verilog.options_of``).
 
     Raises:
         ConfigError: The extra is missing, or a quantized format has no formats to use.
@@ -157,6 +164,10 @@ def export(
             f"--format {fmt} exports a quantized network, but the checkpoint is float and "
             "no --quant file was given (e.g. --quant configs/quant/int8_4.yaml)"
         )
+    if fmt == "verilog":
+        from machlite.export.to_verilog import export_verilog
+
+        return export_verilog(network, input_shape, out, x, compare, **(options or {}))
     with torch.no_grad():
         want = network(torch.from_numpy(x)).numpy()
     against = "machlite fake-quantized"
@@ -201,6 +212,12 @@ def main(argv: list[str]) -> dict[str, Any]:
         from machlite.export.to_hls4ml import require_compiler
 
         require_compiler()
+    options = None
+    if args.format == "verilog":
+        from machlite.export.to_verilog import check_tools, options_of
+
+        options = options_of(args)
+        check_tools(**options)
     ckpt = Path(args.ckpt_path)
     if not ckpt.is_file():
         raise ConfigError(f"--ckpt_path {ckpt} does not exist: give a checkpoint file")
@@ -218,7 +235,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         marker.unlink(missing_ok=True)
     except OSError as err:
         raise write_error(err, f"the export folder {out}") from err
-    result = export(network, input_shape, args.format, out, x, quant)
+    result = export(network, input_shape, args.format, out, x, quant, options)
     result = {"format": args.format, "checkpoint": str(ckpt), **result}
     print(
         f"machlite: {args.format} written to {result['file']}; against {result['against']} on "
@@ -227,6 +244,10 @@ def main(argv: list[str]) -> dict[str, Any]:
         f"{100 * result['identical']:.2f}%",
         flush=True,
     )
+    if args.format == "verilog":
+        from machlite.export.to_verilog import describe
+
+        print("\n".join(describe(result)), flush=True)
     atomic_write_json(marker, result)
     return result
 

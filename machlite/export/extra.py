@@ -12,6 +12,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx", "onnxruntime"),
     "qonnx": ("onnx", "qonnx"),
     "hls4ml": ("hls4ml",),
+    "verilog": ("alkaid",),
 }
 
 
@@ -28,6 +29,6 @@ def require(fmt: str) -> dict[str, ModuleType]:
         except ImportError as err:
             raise ConfigError(
                 f"machlite export --format {fmt} needs {name}, which is not installed: "
-                "pip install -e '.[hw]' (the hw extra: hls4ml, onnx, onnxruntime, qonnx)"
+                "pip install -e '.[hw]' (the hw extra: hls4ml, onnx, onnxruntime, qonnx, alkaid)"
             ) from err
     return found

@@ -1,0 +1,251 @@
+"""alkaid, wrapped: machlite's quantized layers traced into an adder-graph design, and its RTL.
+
+The one module of machlite that imports alkaid (the ``rtl`` extra; pinned in setup.cfg).
+alkaid's torch.fx tracer replays each module of a network on symbolic fixed-point arrays;
+a module class needs a handler (a subclass of alkaid's ``ReplayModuleBase`` whose
+``handles`` names the class). The handlers here cover machlite's ``Quant*`` layers: each
+rounds exactly where machlite's fake quantization rounds, with machlite's rounding (half to
+even: alkaid's ``RND_CONV``) and overflow (saturation: ``SAT``). alkaid finds them through
+its plugin entry point (group ``alkaid_torch``, name ``machlite``, in setup.cfg), which
+calls :func:`register`.
+
+- :func:`trace_network`: the network as alkaid's ``CombLogic`` (a combinational design).
+- :func:`predict`: the design's outputs on fixed-point inputs, by alkaid's C++ interpreter.
+- :func:`write_rtl`: the Verilog project (alkaid's ``RTLModel``: sources, Vivado/Quartus
+  scripts, the Verilator emulator's harness); :func:`rtl_simulate` compiles the emitted
+  Verilog with Verilator and runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from alkaid.codegen import RTLModel
+from alkaid.converter import trace_model
+from alkaid.converter.builtin.torch.layers.modules import ReplayModuleBase
+from alkaid.trace import FVArray, HWConfig, trace
+from alkaid.types import CombLogic
+
+from machlite.errors import ConfigError
+from machlite.quant.formats import FixedPoint
+from machlite.quant.layers import (
+    QuantBatchNorm1d,
+    QuantLinear,
+    QuantReLU,
+    fake_quant,
+    layer_type,
+)
+
+#: machlite's rounding (half to even) and overflow (saturate) in alkaid's words.
+ROUND_MODE = "RND_CONV"
+OVERFLOW_MODE = "SAT"
+#: What a handler uses; :func:`rounding` changes it (the sensitivity test).
+_MODES = {"round": ROUND_MODE, "overflow": OVERFLOW_MODE}
+#: float32 holds every integer up to 2^24 exactly: machlite's fake-quantized forward is exact
+#: only while every sum it forms is at most this many steps of its grid.
+FLOAT32_EXACT_STEPS = 2**24
+#: The traced network's modules by id, for errors that name a layer.
+_NAMES: dict[int, str] = {}
+
+
+def register() -> None:
+    """alkaid's plugin hook: importing this module has registered the handlers."""
+
+
+def kif(fmt: FixedPoint) -> tuple[int, int, int]:
+    """A machlite format as alkaid's (sign bit, integer bits without the sign, frac bits)."""
+    return 1, fmt.width - fmt.frac_width - 1, fmt.frac_width
+
+
+def _round(x: FVArray, fmt: FixedPoint | None) -> FVArray:
+    """``x`` rounded to ``fmt`` as :func:`machlite.quant.fake_quant` rounds (None: as is)."""
+    if fmt is None:
+        return x
+    k, i, f = kif(fmt)
+    return x.quantize(k, i, f, overflow_mode=_MODES["overflow"], round_mode=_MODES["round"])
+
+
+def _maxabs(x: FVArray) -> np.ndarray:
+    """The largest magnitude each element of ``x`` can take."""
+    return np.array([max(abs(v.low), abs(v.high)) for v in np.ravel(x)]).reshape(x.shape)
+
+
+def _check_float32(module: torch.nn.Module, bound: np.ndarray, out: FVArray) -> None:
+    """Refuse when a sum of ``module`` can leave float32's exact range.
+
+    ``bound`` bounds every partial sum (the sum of the terms' magnitudes), on the grid of
+    ``out`` (the sum before rounding).
+    """
+    steps = float((bound / np.array([v.step for v in np.ravel(out)]).reshape(out.shape)).max())
+    if steps > FLOAT32_EXACT_STEPS:
+        name, kind = _NAMES.get(id(module), "?"), layer_type(module).torch_class.__name__
+        raise ConfigError(
+            f"--format verilog: layer {name} ({kind}) sums up to "
+            f"2^{np.log2(steps):.1f} steps of its grid, beyond float32's exact 2^24, so "
+            "machlite's fake-quantized forward is not exact there and no design can match it "
+            f"bit for bit: narrow model.quantization.by_name.{name} (data_in, weight, bias)"
+        )
+
+
+def _const(t: torch.Tensor, fmt: FixedPoint | None) -> np.ndarray:
+    """A parameter rounded by machlite's own fake quantization, as float64 (exact)."""
+    return fake_quant(t.detach().cpu().float(), fmt).double().numpy()
+
+
+class MachliteLinear(ReplayModuleBase):
+    """:class:`~machlite.quant.layers.QuantLinear`: ``round(round(x) @ round(W).T + round(b))``."""
+
+    handles = (QuantLinear,)
+
+    def call(self, input: FVArray) -> FVArray:
+        q = self.module.quant
+        x, w = _round(input, q.data_in), _const(self.module.weight, q.weight)
+        out, bound = x @ w.T, _maxabs(x) @ np.abs(w).T
+        if self.module.bias is not None:
+            b = _const(self.module.bias, q.bias)
+            out, bound = out + b, bound + np.abs(b)
+        _check_float32(self.module, bound, out)
+        return _round(out, q.data_out)
+
+
+class MachliteBatchNorm(ReplayModuleBase):
+    """:class:`~machlite.quant.layers.QuantBatchNorm1d` in eval: ``round(x) * scale + shift``.
+
+    The folded scale and shift are computed in float32 exactly as machlite's forward
+    computes them, then rounded to their formats.
+    """
+
+    handles = (QuantBatchNorm1d,)
+
+    def call(self, input: FVArray) -> FVArray:
+        m, q = self.module, self.module.quant
+        mean, var = m.running_mean, m.running_var
+        gamma = m.weight if m.affine else torch.ones_like(mean)
+        beta = m.bias if m.affine else torch.zeros_like(mean)
+        scale = gamma / torch.sqrt(var + m.eps)
+        shift = beta - mean * scale
+        x, s, b = _round(input, q.data_in), _const(scale, q.weight), _const(shift, q.bias)
+        out = x * s + b
+        _check_float32(self.module, _maxabs(x) * np.abs(s) + np.abs(b), out)
+        return _round(out, q.data_out)
+
+
+class MachliteReLU(ReplayModuleBase):
+    """:class:`~machlite.quant.layers.QuantReLU`: ``round(relu(round(x)))``."""
+
+    handles = (QuantReLU,)
+
+    def call(self, input: FVArray) -> FVArray:
+        q = self.module.quant
+        return _round(np.maximum(_round(input, q.data_in), 0), q.data_out)
+
+
+class rounding:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """Trace with other rounding/overflow modes (a design that must disagree: tests)."""
+
+    def __init__(self, round_mode: str = ROUND_MODE, overflow_mode: str = OVERFLOW_MODE) -> None:
+        self.modes = {"round": round_mode, "overflow": overflow_mode}
+
+    def __enter__(self) -> None:
+        self.saved = dict(_MODES)
+        _MODES.update(self.modes)
+
+    def __exit__(self, *exc: object) -> None:
+        _MODES.update(self.saved)
+
+
+def trace_network(network: torch.nn.Module, in_features: int, fmt: FixedPoint) -> CombLogic:
+    """The eval forward of ``network`` on inputs of format ``fmt``, as alkaid's design.
+
+    Args:
+        network: A quantized JSC network (every arithmetic layer with fixed-point formats).
+        in_features: The input width (one sample is a vector).
+        fmt: The input's format (the first layer's ``data_in``).
+    """
+    network = network.cpu().eval()
+    _NAMES.clear()
+    _NAMES.update({id(m): name for name, m in network.named_modules()})
+    k, i, f = kif(fmt)
+    shape = (1, in_features)
+    hwconf = HWConfig(1, 1, -1)  # alkaid's default (adder size, carry size, no cutoff)
+    x = FVArray.from_kif(np.full(shape, k), np.full(shape, i), np.full(shape, f), hwconf)
+    with torch.no_grad():
+        inputs, outputs = trace_model(network, hwconf, framework="torch", inputs=(x,))
+    return trace(inputs, outputs)
+
+
+def predict(comb: CombLogic, x: np.ndarray) -> np.ndarray:
+    """The design's outputs for inputs ``x`` (already on the input format's grid)."""
+    return np.asarray(comb.predict(np.ascontiguousarray(x, dtype=np.float64), n_threads=1))
+
+
+@dataclass
+class RTL:
+    """A written Verilog project: its folder, top module, pipeline stages and latency."""
+
+    path: Path
+    top: str
+    stages: int
+    latency_cycles: int
+    model: Any  # alkaid's RTLModel
+
+    @property
+    def estimate(self) -> dict[str, float]:
+        """alkaid's own estimates: its LUT-like cost and the register bits."""
+        logic = self.model.fsm.logic.values()
+        return {
+            "cost": round(float(sum(c.cost for c in logic)), 1),
+            "reg_bits": int(self.model.reg_bits),
+        }
+
+    @property
+    def sources(self) -> list[Path]:
+        """The Verilog files of the design (top wrapper included)."""
+        return sorted((self.path / "src").rglob("*.v"))
+
+
+def write_rtl(
+    comb: CombLogic,
+    path: Path,
+    latency_cutoff: float = -1,
+    part: str = "xc7a100tcsg324-1",
+    clock_period: float = 5.0,
+    ternary_fuse: bool = False,
+) -> RTL:
+    """Write ``comb`` as a Verilog project into ``path``.
+
+    Args:
+        comb: The traced design.
+        path: The project folder (``src/`` Verilog, ``sim/`` the emulator's harness,
+            ``model/`` the design as JSON, alkaid's Vivado and Quartus scripts).
+        latency_cutoff: The longest combinational delay per pipeline stage in ns, by alkaid's
+            delay model; <= 0: one combinational design.
+        part: The FPGA part in alkaid's Vivado script.
+        clock_period: The clock in ns in alkaid's timing constraints.
+        ternary_fuse: alkaid's ternary-adder fusion (it targets UltraScale+; off for xc7).
+    """
+    model = RTLModel(
+        comb,
+        path,
+        "machlite_net",
+        flavor="verilog",
+        latency_cutoff=latency_cutoff,
+        part_name=part,
+        clock_period=clock_period,
+        ternary_fuse=ternary_fuse,
+    )
+    model.write()
+    stages = len(model.fsm.logic)
+    latency = model.latency
+    cycles = int(latency) if latency is not None and latency_cutoff > 0 else 0
+    return RTL(Path(path), "machlite_net_wrapper", stages, cycles, model)
+
+
+def rtl_simulate(rtl: RTL, x: np.ndarray, env: dict[str, str] | None = None) -> np.ndarray:
+    """The emitted Verilog compiled by Verilator (``env``: its PATH and fixes) and run on ``x``."""
+    rtl.model._compile(openmp=False, nproc=2, _env=env)
+    return np.asarray(rtl.model.predict(np.ascontiguousarray(x, dtype=np.float64), n_threads=1))

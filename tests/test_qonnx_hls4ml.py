@@ -21,10 +21,22 @@ from machlite.quant import FixedPoint, LayerQuant, load_quant_config, quantize_n
 from .conftest import CONFIGS
 from .test_export import trained_like
 
+#: (8, 4) everywhere, the BatchNorms included (input, folded scale and shift, output): their
+#: shifts, too, sit at the accumulator's scale
+ALL_INT8 = """
+by_type:
+  linear: {data_in: &q {width: 8, frac_width: 4}, weight: *q, bias: *q}
+  batchnorm1d: {data_in: *q, weight: *q, bias: *q, data_out: *q}
+  relu: {data_in: *q}
+"""
+
 
 def _quantized(net: type, quant: str) -> nn.Module:
-    config = load_quant_config(CONFIGS / "quant" / quant)
-    return quantize_network(trained_like(net(), (16,)), config)
+    path = CONFIGS / "quant" / quant
+    if quant == "all_int8":
+        path = Path("all_int8.yaml")  # in the test's tmp_path (conftest's chdir)
+        path.write_text(ALL_INT8)
+    return quantize_network(trained_like(net(), (16,)), load_quant_config(path))
 
 
 def _test_split(jsc_data_dir: Path) -> np.ndarray:
@@ -82,8 +94,13 @@ def _round_trip(network: nn.Module, x: np.ndarray, out: Path) -> dict[str, float
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "net,quant",
-    [(JSCTiny, "int8_4.yaml"), (JSCTiny, "int16_8.yaml"), (JSCToy, "int8_4.yaml")],
-    ids=["jsc_tiny_int8", "jsc_tiny_int16", "jsc_toy_int8"],
+    [
+        (JSCTiny, "int8_4.yaml"),
+        (JSCTiny, "int16_8.yaml"),
+        (JSCToy, "int8_4.yaml"),
+        (JSCToy, "all_int8"),
+    ],
+    ids=["jsc_tiny_int8", "jsc_tiny_int16", "jsc_toy_int8", "jsc_toy_int8_batchnorm"],
 )
 def test_hls4ml_qonnx_frontend_computes_exactly_what_machlite_does(
     net: type, quant: str, jsc_data_dir: Path, tmp_path: Path

@@ -10,10 +10,11 @@ for a Xilinx 7-series part (``--synth``): LUTs, FFs, CARRY4, DSPs, BRAM (yosys's
 Vivado's). docs/hardware.md.
 
 Only exact designs are written: every Linear and BatchNorm needs fixed-point weight and bias
-formats, the first layer a ``data_in`` format (the design's input format), and each
-accumulator must stay within float32's 2^24 exact steps (else machlite's own fake-quantized
-forward is not exact, and nothing could agree with it bit for bit). Each refusal is one line
-naming the layer and the config key.
+formats, and the first layer a ``data_in`` format (the design's input format). Each refusal
+is one line naming the layer and the config key. machlite's fake quantization is float32,
+exact while every sum stays within 2^24 steps of its grid: past that on the compared samples
+the export is refused (no design could agree with an inexact reference); past it only for
+some input of the format, the result says so (``float32``) and a note is printed.
 """
 
 from __future__ import annotations
@@ -150,6 +151,90 @@ def check_tools(rtl_sim: bool = True, synth: bool = True, **_: Any) -> None:
         tools.require_yosys()
 
 
+#: float32 holds every integer up to 2^24 exactly: machlite's fake-quantized forward is exact
+#: while every sum it forms stays within this many steps of its grid.
+FLOAT32_EXACT_STEPS = 2.0**24
+
+
+def sample_sums(network: nn.Module, x: np.ndarray, grid: dict[str, float]) -> dict[str, float]:
+    """The most steps of its grid each Linear/BatchNorm's sums reach on the inputs ``x``.
+
+    Each partial sum is bounded by the sum of its terms' magnitudes, computed in float64
+    from the layer's rounded input and parameters (machlite's own fake quantization).
+
+    Args:
+        network: The quantized network.
+        x: The inputs.
+        grid: The step of each layer's sums, by name (from the trace).
+    """
+    found: dict[str, float] = {}
+    hooks = []
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
+            q = module.quant
+            xq = fake_quant(inputs[0], q.data_in).double().abs()
+            if layer_type(module).key == "linear":
+                w = fake_quant(module.weight, q.weight).double().abs()
+                bound = xq @ w.T
+                if module.bias is not None:
+                    bound = bound + fake_quant(module.bias, q.bias).double().abs()
+            else:
+                mean, var = module.running_mean, module.running_var
+                gamma = module.weight if module.affine else torch.ones_like(mean)
+                beta = module.bias if module.affine else torch.zeros_like(mean)
+                scale = gamma / torch.sqrt(var + module.eps)
+                shift = beta - mean * scale
+                bound = xq * fake_quant(scale, q.weight).double().abs()
+                bound = bound + fake_quant(shift, q.bias).double().abs()
+            found[name] = float(bound.max()) / grid[name]
+
+        return record
+
+    for name, module in network.named_modules():
+        if name in grid:
+            hooks.append(module.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad():
+            network(torch.from_numpy(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
+def float32_exactness(
+    network: nn.Module, x: np.ndarray, sums: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """Whether machlite's float32 forward is exact: for any input, or on the inputs ``x``.
+
+    Args:
+        network: The quantized network.
+        x: The inputs compared on.
+        sums: The trace's sums per layer (``step``, and ``steps`` for any input).
+
+    Raises:
+        ConfigError: On ``x``, a layer's sums leave float32's exact range: machlite's own
+            forward is not exact, so no design can agree with it bit for bit.
+    """
+    on_x = sample_sums(network, x, {name: s["step"] for name, s in sums.items()})
+    worst = max(on_x, key=on_x.__getitem__)
+    if on_x[worst] > FLOAT32_EXACT_STEPS:
+        kind = layer_type(network.get_submodule(worst)).torch_class.__name__
+        raise ConfigError(
+            f"--format verilog: layer {worst} ({kind}) sums up to 2^{np.log2(on_x[worst]):.1f} "
+            "steps of its grid on these inputs, beyond float32's exact 2^24, so machlite's "
+            "fake-quantized forward is not exact there and no design can match it bit for "
+            f"bit: narrow model.quantization.by_name.{worst} (data_in, weight, bias)"
+        )
+    any_input = max(s["steps"] for s in sums.values())
+    return {
+        "exact_for_every_input": any_input <= FLOAT32_EXACT_STEPS,
+        "log2_steps_any_input": round(float(np.log2(any_input)), 2),
+        "log2_steps_on_samples": round(float(np.log2(on_x[worst])), 2),
+    }
+
+
 def _timed(seconds: dict[str, float], step: str, start: float) -> None:
     seconds[step] = round(time.monotonic() - start, 2)
 
@@ -204,11 +289,13 @@ def export_verilog(
     start = time.monotonic()
     comb = hw.trace_network(network, input_shape[0], fmt)
     _timed(seconds, "trace", start)
+    exactness = float32_exactness(network, x, hw.SUMS)  # refuses an inexact reference
     start = time.monotonic()
     result: dict[str, Any] = {
         "file": str(out),
         "against": "machlite fake-quantized (alkaid's C++ model of the design)",
         **compare(hw.predict(comb, xq), want),
+        "float32": exactness,
     }
     _timed(seconds, "cpp_model", start)
     start = time.monotonic()
@@ -251,6 +338,14 @@ def describe(result: dict[str, Any]) -> list[str]:
         f"cycle(s), top module {result['top_module']}, inputs at "
         f"({result['input_format']['width']},{result['input_format']['frac_width']})"
     ]
+    f32 = result.get("float32", {})
+    if f32 and not f32["exact_for_every_input"]:
+        lines.append(
+            "machlite: note: machlite's float32 forward is exact on these samples (sums up to "
+            f"2^{f32['log2_steps_on_samples']} steps) but not for every input of the format "
+            f"(up to 2^{f32['log2_steps_any_input']} > 2^24): there the design, which is "
+            "exact, may differ from machlite"
+        )
     if "rtl_sim" in result:
         r = result["rtl_sim"]
         lines.append(

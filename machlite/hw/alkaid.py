@@ -18,6 +18,7 @@ calls :func:`register`.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,14 +31,12 @@ from alkaid.converter.builtin.torch.layers.modules import ReplayModuleBase
 from alkaid.trace import FVArray, HWConfig, trace
 from alkaid.types import CombLogic
 
-from machlite.errors import ConfigError
 from machlite.quant.formats import FixedPoint
 from machlite.quant.layers import (
     QuantBatchNorm1d,
     QuantLinear,
     QuantReLU,
     fake_quant,
-    layer_type,
 )
 
 #: machlite's rounding (half to even) and overflow (saturate) in alkaid's words.
@@ -45,11 +44,11 @@ ROUND_MODE = "RND_CONV"
 OVERFLOW_MODE = "SAT"
 #: What a handler uses; :func:`rounding` changes it (the sensitivity test).
 _MODES = {"round": ROUND_MODE, "overflow": OVERFLOW_MODE}
-#: float32 holds every integer up to 2^24 exactly: machlite's fake-quantized forward is exact
-#: only while every sum it forms is at most this many steps of its grid.
-FLOAT32_EXACT_STEPS = 2**24
 #: The traced network's modules by id, for errors that name a layer.
 _NAMES: dict[int, str] = {}
+#: The last trace's sums per Linear/BatchNorm, by layer name: their grid's ``step`` and the
+#: most ``steps`` of it any input of the design's format can reach (float32 is exact to 2^24).
+SUMS: dict[str, dict[str, float]] = {}
 
 
 def register() -> None:
@@ -74,21 +73,14 @@ def _maxabs(x: FVArray) -> np.ndarray:
     return np.array([max(abs(v.low), abs(v.high)) for v in np.ravel(x)]).reshape(x.shape)
 
 
-def _check_float32(module: torch.nn.Module, bound: np.ndarray, out: FVArray) -> None:
-    """Refuse when a sum of ``module`` can leave float32's exact range.
+def _record_sums(module: torch.nn.Module, bound: np.ndarray, out: FVArray) -> None:
+    """Record how far the sums of ``module`` can go, in steps of their grid.
 
-    ``bound`` bounds every partial sum (the sum of the terms' magnitudes), on the grid of
-    ``out`` (the sum before rounding).
+    ``bound`` bounds every partial sum (the sum of the terms' magnitudes) for any input of
+    the design's format; ``out`` is the sum before rounding, whose grid is the finest step.
     """
-    steps = float((bound / np.array([v.step for v in np.ravel(out)]).reshape(out.shape)).max())
-    if steps > FLOAT32_EXACT_STEPS:
-        name, kind = _NAMES.get(id(module), "?"), layer_type(module).torch_class.__name__
-        raise ConfigError(
-            f"--format verilog: layer {name} ({kind}) sums up to "
-            f"2^{np.log2(steps):.1f} steps of its grid, beyond float32's exact 2^24, so "
-            "machlite's fake-quantized forward is not exact there and no design can match it "
-            f"bit for bit: narrow model.quantization.by_name.{name} (data_in, weight, bias)"
-        )
+    step = float(min(v.step for v in np.ravel(out)))
+    SUMS[_NAMES.get(id(module), "?")] = {"step": step, "steps": float(bound.max()) / step}
 
 
 def _const(t: torch.Tensor, fmt: FixedPoint | None) -> np.ndarray:
@@ -108,7 +100,7 @@ class MachliteLinear(ReplayModuleBase):
         if self.module.bias is not None:
             b = _const(self.module.bias, q.bias)
             out, bound = out + b, bound + np.abs(b)
-        _check_float32(self.module, bound, out)
+        _record_sums(self.module, bound, out)
         return _round(out, q.data_out)
 
 
@@ -130,7 +122,7 @@ class MachliteBatchNorm(ReplayModuleBase):
         shift = beta - mean * scale
         x, s, b = _round(input, q.data_in), _const(scale, q.weight), _const(shift, q.bias)
         out = x * s + b
-        _check_float32(self.module, _maxabs(x) * np.abs(s) + np.abs(b), out)
+        _record_sums(self.module, _maxabs(x) * np.abs(s) + np.abs(b), out)
         return _round(out, q.data_out)
 
 
@@ -168,6 +160,7 @@ def trace_network(network: torch.nn.Module, in_features: int, fmt: FixedPoint) -
     """
     network = network.cpu().eval()
     _NAMES.clear()
+    SUMS.clear()
     _NAMES.update({id(m): name for name, m in network.named_modules()})
     k, i, f = kif(fmt)
     shape = (1, in_features)
@@ -228,6 +221,7 @@ def write_rtl(
         clock_period: The clock in ns in alkaid's timing constraints.
         ternary_fuse: alkaid's ternary-adder fusion (it targets UltraScale+; off for xc7).
     """
+    shutil.rmtree(Path(path) / "src", ignore_errors=True)  # no stage of an earlier design
     model = RTLModel(
         comb,
         path,
@@ -247,5 +241,5 @@ def write_rtl(
 
 def rtl_simulate(rtl: RTL, x: np.ndarray, env: dict[str, str] | None = None) -> np.ndarray:
     """The emitted Verilog compiled by Verilator (``env``: its PATH and fixes) and run on ``x``."""
-    rtl.model._compile(openmp=False, nproc=2, _env=env)
+    rtl.model.compile(openmp=False, nproc=2, _env=env)  # writes the same files again, builds
     return np.asarray(rtl.model.predict(np.ascontiguousarray(x, dtype=np.float64), n_threads=1))

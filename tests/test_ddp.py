@@ -23,6 +23,10 @@ from lightning.pytorch.callbacks import Callback
 
 from .conftest import CONFIGS, REPO, curves, run
 
+# pytest -n (xdist, --dist loadgroup): the tests share the module's one DDP fit, so they run in
+# one worker, which makes it once
+pytestmark = pytest.mark.xdist_group("ddp")
+
 PROBE_ENV = "MACHLITE_TEST_PROBE_DIR"
 JETS = 3000
 DDP = [

@@ -14,7 +14,7 @@ from .conftest import REPO, SHARED_MNIST
 
 
 def _run(script: str, args: list[str], out: Path, table: str = "| measure | value |") -> dict:
-    cmd = [sys.executable, str(REPO / "benchmarks" / script), *args, "--json", str(out)]
+    cmd = [sys.executable, str(REPO / "benchmarks" / script), "--json", str(out), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert table in proc.stdout
@@ -49,6 +49,9 @@ def test_mnist_benchmark_writes_every_ratio(tmp_path: Path) -> None:
     if not (SHARED_MNIST / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"real MNIST copy not found in {SHARED_MNIST} (needs ../shared/data/mnist)")
     args = ["--mnist", str(SHARED_MNIST), "--repeats", "1", "--batch-sizes", "1000"]
+    # machlite's variants: 3 training batches of the 55; the plain and machop-style variants
+    # take no overrides and run the whole epoch
+    args += ["--", "--trainer.limit_train_batches", "3"]
     results = _run("mnist_epoch.py", args, tmp_path / "mnist.json")
     _check_variants(results, "mnist_bs1000")
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 from torch import nn
 
+from machlite.agreement import compare
 from machlite.errors import ConfigError, MachliteError
-from machlite.export import compare, export
+from machlite.export import export
 from machlite.models import JSCToy, MNISTNet
 from machlite.quant import load_quant_config, quantize_network
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from machlite.export import compare, split_inputs
+from machlite.agreement import compare
 from machlite.models import JSCTiny, JSCToy
 from machlite.quant import FixedPoint, LayerQuant, load_quant_config, quantize_network
+from machlite.runs.load import test_inputs
 
 from .conftest import CONFIGS
 from .test_export import trained_like
@@ -43,7 +44,7 @@ def _test_split(jsc_data_dir: Path) -> np.ndarray:
     from machlite.datasets import JSCDataModule
 
     data = JSCDataModule(data_dir=str(jsc_data_dir), source="synthetic", synthetic_jets=3000)
-    return split_inputs(data)
+    return test_inputs(data)
 
 
 def test_qonnx_output_is_the_last_node_and_biases_sit_at_the_accumulator_scale() -> None:

@@ -76,7 +76,7 @@ def test_sums_beyond_float32_are_refused_never_a_false_agreement(tmp_path: Path)
     """(16, 8) inputs times (16, 8) weights: at the format's largest inputs the sums pass
     2^24 steps, where machlite's float32 forward is not exact; said, then refused."""
     pytest.importorskip("alkaid")
-    from machlite.export.to_verilog import describe
+    from machlite.hw.design import describe
 
     network = quantize_network(trained_like(JSCWill()), load_quant_config(HW16))
     result = export(network, (16,), "verilog", tmp_path, inputs(), None, C_MODEL_ONLY)
@@ -164,8 +164,8 @@ def test_missing_alkaid_names_the_extra(
 
 
 def test_missing_tools_name_their_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    from machlite.export.to_verilog import check_tools
     from machlite.hw import tools
+    from machlite.hw.design import check_tools
 
     monkeypatch.setattr(tools.shutil, "which", lambda name: None)
     monkeypatch.setattr(tools, "_wheel_root", lambda: None)

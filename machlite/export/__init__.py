@@ -11,7 +11,7 @@ the checkpoint's own formats after QAT, or ``--quant``) against machlite's fake-
 network. The comparison (max abs diff, class agreement) is printed and written as
 ``export_FORMAT.json`` into ``--out``, last: a folder without it is not a finished export.
 Needs the ``hw`` extra (hls4ml, onnx, onnxruntime, qonnx). docs/export.md. Verilog (alkaid,
-checked by its C++ model and by Verilator, costed by yosys): :mod:`machlite.export.to_verilog`,
+checked by its C++ model and by Verilator, costed by yosys): :mod:`machlite.hw.design`,
 docs/hardware.md.
 """
 
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from machlite.agreement import compare
 from machlite.atomic import atomic_write_json
 from machlite.errors import ConfigError, PlainArgumentParser, write_error
 from machlite.export.extra import require
@@ -63,33 +64,6 @@ def parser() -> PlainArgumentParser:
     )
     add_verilog_arguments(p)
     return p
-
-
-def split_inputs(datamodule: Any, samples: int = 0) -> np.ndarray:
-    """The test split's inputs (the first ``samples``; 0: all) as a float32 array.
-
-    The datamodule's data is prepared (downloaded, synthesised or cached) first if need be.
-    """
-    datamodule.prepare_data()
-    datamodule.setup("test")
-    xs = [batch[0].detach().cpu() for batch in datamodule.test_dataloader()]
-    x = torch.cat(xs).numpy().astype(np.float32)
-    return x[:samples] if samples else x
-
-
-def compare(got: np.ndarray, want: np.ndarray) -> dict[str, float]:
-    """Max abs diff, the share of samples whose predicted class agrees, and of identical ones.
-
-    ``identical`` counts samples whose outputs all agree within 1e-6.
-    """
-    got, want = np.asarray(got).reshape(len(want), -1), np.asarray(want).reshape(len(want), -1)
-    diff = np.abs(got - want)
-    return {
-        "samples": len(want),
-        "max_abs_diff": float(diff.max()),
-        "class_agreement": float((got.argmax(1) == want.argmax(1)).mean()),
-        "identical": float((diff.max(axis=1) <= 1e-6).mean()),
-    }
 
 
 def check_out(out: Path) -> None:
@@ -165,9 +139,9 @@ def export(
             "no --quant file was given (e.g. --quant configs/quant/int8_4.yaml)"
         )
     if fmt == "verilog":
-        from machlite.export.to_verilog import export_verilog
+        from machlite.hw.design import verilog_design
 
-        return export_verilog(network, input_shape, out, x, compare, **(options or {}))
+        return verilog_design(network, input_shape, out, x, **(options or {}))
     with torch.no_grad():
         want = network(torch.from_numpy(x)).numpy()
     against = "machlite fake-quantized"
@@ -202,7 +176,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         MachliteError: The extra is missing, or the config, checkpoint or data cannot be used.
     """
     from machlite.runs.layout import RunFolder
-    from machlite.runs.load import load_run
+    from machlite.runs.load import load_run, test_inputs
 
     args, overrides = parser().parse_known_args(argv)
     require(args.format)  # before any work
@@ -214,7 +188,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         require_compiler()
     options = None
     if args.format == "verilog":
-        from machlite.export.to_verilog import check_tools, options_of
+        from machlite.export.to_verilog import options_of
+        from machlite.hw.design import check_tools
 
         options = options_of(args)
         check_tools(**options)
@@ -227,7 +202,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     quant = load_quant_config(args.quant) if args.quant else None
     run = load_run(config, ckpt, overrides)
     input_shape = tuple(run.datamodule.input_shape)
-    x = split_inputs(run.datamodule, args.samples)
+    x = test_inputs(run.datamodule, args.samples)
     network = run.model.network
     # export_FORMAT.json is written last: a folder without it is not a finished export
     marker = out / f"export_{args.format}.json"
@@ -245,11 +220,11 @@ def main(argv: list[str]) -> dict[str, Any]:
         flush=True,
     )
     if args.format == "verilog":
-        from machlite.export.to_verilog import describe
+        from machlite.hw.design import describe
 
         print("\n".join(describe(result)), flush=True)
     atomic_write_json(marker, result)
     return result
 
 
-__all__ = ["FORMATS", "check_out", "compare", "export", "main", "make_out", "split_inputs"]
+__all__ = ["FORMATS", "check_out", "export", "main", "make_out"]

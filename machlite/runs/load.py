@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
+import torch
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from machlite.accelerator import choose_accelerator, stop_gpu_probe
@@ -197,4 +199,16 @@ def evaluation_trainer(run: LoadedRun) -> pl.Trainer:
         raise
 
 
-__all__ = ["EVALUATION_KEYS", "LoadedRun", "evaluation_trainer", "load_run"]
+def test_inputs(datamodule: InMemoryDataModule, samples: int = 0) -> np.ndarray:
+    """The test split's inputs (the first ``samples``; 0: all) as a float32 array.
+
+    The datamodule's data is prepared (downloaded, synthesised or cached) first if need be.
+    """
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    xs = [batch[0].detach().cpu() for batch in datamodule.test_dataloader()]
+    x = torch.cat(xs).numpy().astype(np.float32)
+    return x[:samples] if samples else x
+
+
+__all__ = ["EVALUATION_KEYS", "LoadedRun", "evaluation_trainer", "load_run", "test_inputs"]

@@ -1,8 +1,8 @@
 """The hardware table of docs/hardware.md: QAT -> Verilog -> bit-exact checks -> yosys LUTs.
 
 For each JSC network (JSC-Tiny, JSC-Toy, JSC-Will) and each hardware quantization file
-(``configs/quant/hw_int16_8.yaml``, ``hw_int8_4``, ``hw_int4_2``: every layer quantized,
-BatchNorm included): QAT for --epochs on SYNTHETIC JSC data (``machlite fit`` with
+(``configs/quant/hw_int16_8.yaml``, ``hw_int8_4``, ``hw_int4_2``, ``hw_mixed``: every layer
+quantized, BatchNorm included): QAT for --epochs on SYNTHETIC JSC data (``machlite fit`` with
 ``--model.quantization FILE``), then ``machlite export --format verilog`` of that checkpoint:
 alkaid's C++ model and the Verilator-simulated RTL against machlite on the whole test split,
 and yosys ``synth_xilinx -family xc7``. Prints the table (LUTs, FFs, CARRY4, DSPs, latency,
@@ -28,7 +28,7 @@ from machlite.atomic import atomic_write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NETWORKS = ("jsc_tiny", "jsc_toy", "jsc_will")
-QUANTS = ("hw_int16_8", "hw_int8_4", "hw_int4_2")
+QUANTS = ("hw_int16_8", "hw_int8_4", "hw_int4_2", "hw_mixed")
 SCRIPT = "verilog_hardware"
 
 
@@ -42,6 +42,11 @@ def main() -> None:
     parser.add_argument("--latency_cutoff", type=float, default=0.0, help="ns per stage")
     parser.add_argument("--work", default=None, help="folder for runs and projects (default: tmp)")
     parser.add_argument("--json", default=None, help="write the table here")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of an existing --json file that this run did not measure",
+    )
     opts = parser.parse_args()
     work = Path(opts.work or tempfile.mkdtemp(prefix="machlite-verilog-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -106,6 +111,10 @@ def main() -> None:
             f"{sec['rtl_sim']} | {sec['synthesis']} | {r['export_seconds']} |"
         )
     print("\nLUTs, FFs, CARRY4, DSPs: yosys synth_xilinx -family xc7, not Vivado.")
+    if opts.json and opts.merge and Path(opts.json).is_file():
+        measured = {(r["network"], r["quant"]) for r in rows}
+        kept = json.loads(Path(opts.json).read_text())["rows"]
+        rows = [r for r in kept if (r["network"], r["quant"]) not in measured] + rows
     if opts.json:
         table = {
             "data": "SYNTHETIC",

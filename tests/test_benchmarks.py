@@ -125,3 +125,26 @@ def test_trials_to_best_counts_from_one(monkeypatch: pytest.MonkeyPatch) -> None
     assert trials_to([0.5, 0.7, 0.69, 0.71], 0.71, 0.005) == 4
     assert trials_to([0.5, 0.7, 0.69, 0.71], 0.71, 0.02) == 2
     assert trials_to([0.5, 0.6], 0.71, 0.005) == 3  # never reached: len + 1
+
+
+@pytest.mark.slow
+def test_verilog_hardware_table_runs_qat_export_and_synthesis(tmp_path: Path) -> None:
+    pytest.importorskip("alkaid", reason="needs the hw extra")
+    from machlite.errors import MachliteError
+    from machlite.hw import tools
+
+    try:
+        tools.require_yosys()
+        tools.require_verilator()
+    except MachliteError as err:  # the tool's own line: which package to install
+        pytest.skip(str(err))
+    args = ["--networks", "jsc_tiny", "--quants", "hw_int4_2", "--epochs", "1"]
+    args += ["--jets", "3000", "--work", str(tmp_path / "work")]
+    results = _run("verilog_hardware.py", args, tmp_path / "hw.json", table="| network |")
+    assert results["data"] == "SYNTHETIC"
+    (row,) = results["rows"]
+    assert (row["network"], row["quant"]) == ("jsc_tiny", "hw_int4_2")
+    assert row["identical"] == 1.0 and row["rtl_sim"]["identical"] == 1.0
+    assert row["synthesis"]["luts"] > 0 and row["synthesis"]["dsps"] == 0
+    for step in ("trace", "rtl_sim", "synthesis"):
+        assert row["seconds"][step] > 0, step

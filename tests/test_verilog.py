@@ -6,6 +6,7 @@ and synthesize it with yosys (Debian's package); they skip when a tool is missin
 """
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -233,6 +234,22 @@ def test_synthesis_timeout_is_one_line(tmp_path: Path) -> None:
     sources = sorted((tmp_path / "src").rglob("*.v"))
     with pytest.raises(ConfigError, match=r"did not finish within --synth_timeout 0\.01 s"):
         tools.synthesize(sources, result["top_module"], tmp_path / "yosys.log", 0.01)
+
+
+def test_yosys_killed_out_of_memory_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OOM killer cannot be provoked safely: a yosys on PATH that dies of SIGKILL, as
+    yosys does when the kernel kills it, shows the line machlite gives."""
+    from machlite.hw import tools
+
+    fake = tmp_path / "bin" / "yosys"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nkill -9 $$\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    with pytest.raises(ConfigError, match=r"killed by signal 9 .*most likely out of memory"):
+        tools.synthesize([tmp_path / "x.v"], "top", tmp_path / "yosys.log", 60)
 
 
 @pytest.mark.slow

@@ -181,7 +181,8 @@ def synthesize(sources: list[Path], top: str, log: Path, timeout: float) -> Synt
         timeout: Seconds before yosys is stopped.
 
     Raises:
-        ConfigError: yosys is not installed, fails, or runs past ``timeout``.
+        ConfigError: yosys is not installed, fails, is killed (out of memory), or runs past
+            ``timeout``.
     """
     require_yosys()
     exe = shutil.which("yosys") or "yosys"
@@ -203,6 +204,12 @@ def synthesize(sources: list[Path], top: str, log: Path, timeout: float) -> Synt
         ) from err
     seconds = time.monotonic() - start
     text = log.read_text(errors="replace")
+    if done.returncode < 0:  # killed by a signal: on Linux, most often the OOM killer's SIGKILL
+        raise ConfigError(
+            f"yosys was killed by signal {-done.returncode} (log: {log}), most likely out of "
+            "memory: a design this size needs more RAM (JSC-Will at (16, 8) took about 1 GB), "
+            "or narrower formats, or skip synthesis with --synth false"
+        )
     if done.returncode != 0:
         last = [line for line in text.splitlines() if line.strip()][-1:] or ["(no output)"]
         raise ConfigError(f"yosys failed (exit {done.returncode}; log: {log}): {last[0].strip()}")

@@ -57,6 +57,8 @@ def test_run_folder_names_are_spelled_in_one_module() -> None:
         layout.OVERRIDES_FILE,
         layout.DONE_FILE,
         layout.PRUNED_FILE,
+        layout.HARDWARE_FILE,
+        layout.HARDWARE_DIR,
         layout.WARNINGS_FILE,
         layout.LOG_FILE,
         layout.VERSION_PREFIX,

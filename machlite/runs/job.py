@@ -1,7 +1,9 @@
 """One run, in its own process: fit, test the best checkpoint, write ``done.json``.
 
 The launcher (:mod:`machlite.runs.launcher`) starts ``python -m machlite.runs.job JSON`` for
-every run; the JSON is :func:`run_job`'s ``job``. Both steps run in-process through
+every run; the JSON is :func:`run_job`'s ``job``. When the job asks for ``hardware``, the
+tested checkpoint then goes through the RTL flow (:mod:`machlite.runs.hardware`,
+``hardware.json``) before ``done.json``. Both steps run in-process through
 :func:`machlite.cli.run_lightning`. ``done.json`` is written last, atomically, so a run folder
 without one is unfinished. A user-fixable error ends the process with ``machlite: error:
 ...`` on stderr and the error's exit code.
@@ -42,11 +44,13 @@ def best_checkpoint(trainer: Any, run_dir: Path) -> Path:
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Fit, test the best checkpoint, then write ``done.json``: one run.
+    """Fit, test the best checkpoint, measure its hardware if asked, then write
+    ``done.json``: one run.
 
     Args:
         job: ``args`` (the full ``machlite fit`` arguments), ``extra`` (added to the fit),
-            ``signature`` (kept in ``done.json``), ``run_dir``, ``runs_dir`` and ``run_name``.
+            ``signature`` (kept in ``done.json``), ``run_dir``, ``runs_dir``, ``run_name``
+            and ``hardware`` (options, or None).
 
     Returns:
         The record written to ``done.json``.
@@ -80,6 +84,11 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         ]
     )
     finished = time.time()
+    hardware = None
+    if job.get("hardware") is not None:  # after the test: its checkpoint through the RTL flow
+        from machlite.runs.hardware import HardwareOptions, run_hardware
+
+        hardware = run_hardware(folder.path, ckpt, HardwareOptions(**job["hardware"]))
     record = {
         "run": job["run_name"],
         "signature": job["signature"],
@@ -88,6 +97,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         "tested_checkpoint": ckpt.name,
         "fit_seconds": round(fitted - started, 3),
         "test_seconds": round(finished - fitted, 3),
+        "hardware_seconds": None if hardware is None else hardware["seconds"],
         "started": started,
         "finished": finished,
     }

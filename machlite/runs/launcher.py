@@ -44,11 +44,15 @@ class PlannedRun:
         name: Its folder under the launcher's root, e.g. ``batch_size=32/seed_0``.
         settings: What it trains with.
         extra: Further ``machlite fit`` flags for this run only (e.g. a pruning callback).
+        hardware: Hardware options (:meth:`machlite.runs.hardware.HardwareOptions.to_dict`):
+            after its test, the job measures the tested checkpoint's design
+            (``hardware.json``); None: it does not.
     """
 
     name: str
     settings: RunSettings
     extra: tuple[str, ...] = ()
+    hardware: dict[str, Any] | None = None
 
 
 @dataclass
@@ -184,6 +188,7 @@ class Launcher:
             "run_dir": str(folder.path),
             "runs_dir": str(self.root),
             "run_name": run.name,
+            "hardware": run.hardware,
         }
 
     def start(self, run: PlannedRun) -> Running:

@@ -10,6 +10,8 @@ Every file name of a run folder is spelled here and nowhere else::
         overrides.yaml                  the run's override block (sweeps and searches)
         done.json                       written last by a run job: it finished
         pruned.json                     a search trial the pruner stopped
+        hardware.json                   the tested checkpoint's RTL costs (hardware objectives)
+        rtl/                            its Verilog project (removed unless keep_rtl)
         warnings.txt                    the warnings printed during the run
         run.log                         a run job's whole output
 
@@ -36,6 +38,10 @@ OVERRIDES_FILE = "overrides.yaml"
 DONE_FILE = "done.json"
 #: Written by a search trial's run when the pruner stopped it.
 PRUNED_FILE = "pruned.json"
+#: The best checkpoint's Verilog design and yosys costs, when the run's settings ask for it.
+HARDWARE_FILE = "hardware.json"
+#: The folder of that Verilog project (and yosys's log).
+HARDWARE_DIR = "rtl"
 #: The warnings printed during a run (machlite.notices.warn).
 WARNINGS_FILE = "warnings.txt"
 #: A run job's whole output.
@@ -105,6 +111,16 @@ class RunFolder:
     def pruned(self) -> Path:
         """A pruned trial's ``pruned.json``."""
         return self.path / PRUNED_FILE
+
+    @property
+    def hardware(self) -> Path:
+        """The run's ``hardware.json`` (the RTL flow's costs of its tested checkpoint)."""
+        return self.path / HARDWARE_FILE
+
+    @property
+    def hardware_dir(self) -> Path:
+        """The ``rtl/`` folder of the run's Verilog project."""
+        return self.path / HARDWARE_DIR
 
     @property
     def warnings(self) -> Path:

@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from machlite.errors import ConfigError, Interrupted
 from machlite.events import COST, has_events
+from machlite.runs.hardware import HARDWARE_METRICS, hardware_value, require_tools
 from machlite.runs.launcher import (
     PROGRESS_FLAG,
     Launcher,
@@ -68,7 +69,8 @@ def objective_value(metric: str, direction: str, run_dir: Path) -> float | None:
     """One run's value of an objective.
 
     ``epoch_time`` is the mean wall time per epoch, ``params`` the network's parameter
-    count, ``bits`` and ``bops`` its size and bit operations (from HPARAMS); a ``val/``
+    count, ``bits`` and ``bops`` its size and bit operations (from HPARAMS), ``luts``,
+    ``ffs``, ``dsps`` and ``latency_cycles`` its design's (``hardware.json``); a ``val/``
     metric is its best epoch in the objective's direction; any other logged metric
     (``test/acc``: the test of the best checkpoint) is its last value. None when the run did
     not log it.
@@ -76,6 +78,8 @@ def objective_value(metric: str, direction: str, run_dir: Path) -> float | None:
     done = read_done(run_dir) or {}
     if metric == "params":
         return done.get("params")
+    if metric in HARDWARE_METRICS:
+        return hardware_value(metric, run_dir)
     run = read_run(run_dir)
     if metric in COST:
         return run.hparams.get(COST[metric])
@@ -344,6 +348,10 @@ def run_search(search: Search, out: IO[str] | None = None) -> tuple[Any, SearchL
     )
 
     require_optuna()
+    if search.space.hardware is not None:  # one line before any trial when a tool is missing
+        needs = [m for m in search.space.objectives if m in HARDWARE_METRICS]
+        what = f"the objective {needs[0]}" if needs else "the space's hardware block"
+        require_tools(search.space.hardware, what)
     if search.sampler == "grid":
         size = grid_size(search.space)
         search.trials = size if search.trials is None else min(search.trials, size)

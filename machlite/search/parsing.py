@@ -84,8 +84,11 @@ class Search:
         self, folder: str, values: dict[str, Any], seed: int, extra: Sequence[str] = ()
     ) -> PlannedRun:
         """One seed of a trial, as the launcher runs it: ``FOLDER/seed_S`` in the search
-        folder, with further ``machlite fit`` flags ``extra`` (the pruning callback)."""
-        return PlannedRun(run_name(folder, seed), self.settings(values, seed), tuple(extra))
+        folder, with further ``machlite fit`` flags ``extra`` (the pruning callback). With
+        hardware options in the space, its job measures the tested checkpoint's design."""
+        hardware = None if self.space.hardware is None else self.space.hardware.to_dict()
+        settings = self.settings(values, seed)
+        return PlannedRun(run_name(folder, seed), settings, tuple(extra), hardware)
 
     def override_block(self, values: dict[str, Any]) -> dict[str, Any]:
         """A trial's override block: the fixed settings, then its values (nested, typed)."""

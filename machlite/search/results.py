@@ -4,8 +4,9 @@ Every trial of the study is a row (its parameters, objective means over its seed
 wall time, folder); trials dropped as over budget were never run and are left out. The
 objective values are the ones the search told the study, read from the runs' event files
 (:mod:`machlite.search.loop`). ``best.yaml`` is the base config with the best trial's
-settings merged in, so ``machlite fit --config best.yaml`` trains it again. The plots are
-Optuna's own (``optuna.visualization.matplotlib``). Every file goes through
+settings merged in, so ``machlite fit --config best.yaml`` trains it again; with several
+objectives ``pareto/trial_N.yaml`` does the same for each trial on the Pareto front. The
+plots are Optuna's own (``optuna.visualization.matplotlib``). Every file goes through
 :mod:`machlite.atomic`.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from machlite.atomic import atomic_path, atomic_write, write_csv
+from machlite.runs.hardware import HARDWARE_METRICS
 from machlite.runs.names import short_keys
 from machlite.runs.settings import load_config, merge_config, set_key
 from machlite.search.parsing import Search
@@ -142,6 +144,15 @@ def trials_markdown(
             f"The {what}: trial {', '.join(str(t.number) for t in best)}. `best.yaml` is trial "
             f"{best[0].number} ({values}): `machlite fit --config best.yaml` trains it again.",
         ]
+        if len(study.directions) > 1:
+            lines[-1] += f" Each front trial N has its own `{PARETO_DIR}/trial_N.yaml`."
+    if any(m in HARDWARE_METRICS for m in search.space.objectives):
+        lines += [
+            "",
+            "Hardware objectives: each trial's tested checkpoint through the RTL flow "
+            "(alkaid, yosys `synth_xilinx` xc7): yosys's counts, not Vivado's; "
+            "`hardware.json` in each run folder.",
+        ]
     lines += ["", "| " + " | ".join(rows[0]) + " |" if rows else "(no trials yet)"]
     if rows:
         lines.append("|" + "---|" * len(rows[0]))
@@ -168,14 +179,26 @@ def trials_markdown(
     return "\n".join(lines)
 
 
+#: How the plots name the hardware objectives: yosys's counts, not a vendor tool's.
+AXIS_LABELS = {
+    "luts": "yosys LUTs (xc7, not Vivado)",
+    "ffs": "yosys FFs (xc7, not Vivado)",
+    "dsps": "yosys DSPs (xc7, not Vivado)",
+    "latency_cycles": "latency (clock cycles)",
+}
+#: The folder of the per-trial configs of a Pareto front.
+PARETO_DIR = "pareto"
+
+
 def _save(fig: Any, path: Path) -> None:
     with atomic_path(path, f"the plot {path}", ".png") as tmp:
         fig.savefig(tmp, dpi=90, bbox_inches="tight")
 
 
-def draw_plots(search: Search, study: Any) -> tuple[list[Path], list[str]]:
-    """``plots/history.png`` (the first objective), ``plots/pareto.png`` (two objectives)
-    and ``plots/importances.png`` (when Optuna can compute them).
+def draw_plots(search: Search, study: Any, synthetic: bool = False) -> tuple[list[Path], list[str]]:
+    """``plots/history.png`` (the first objective), ``plots/pareto.png`` (two objectives;
+    hardware axes named as yosys's counts, the title saying SYNTHETIC DATA when it is) and
+    ``plots/importances.png`` (when Optuna can compute them).
 
     Returns:
         The files written, and why any plot was left out.
@@ -193,11 +216,12 @@ def draw_plots(search: Search, study: Any) -> tuple[list[Path], list[str]]:
     if not complete:
         return [], ["no trial completed yet"]
     metrics = list(search.space.objectives)
+    labels = [AXIS_LABELS.get(m, m) for m in metrics]
     multi = len(metrics) > 1
-    target = {"target": lambda t: t.values[0], "target_name": metrics[0]} if multi else {}
+    target = {"target": lambda t: t.values[0], "target_name": labels[0]} if multi else {}
     plans = [("history", lambda: vis.plot_optimization_history(study, **target))]
     if len(metrics) == 2:
-        plans.append(("pareto", lambda: vis.plot_pareto_front(study, target_names=metrics)))
+        plans.append(("pareto", lambda: vis.plot_pareto_front(study, target_names=labels)))
     plans.append(("importances", lambda: vis.plot_param_importances(study, **target)))
     written, skipped = [], []
     for name, plot in plans:
@@ -212,14 +236,56 @@ def draw_plots(search: Search, study: Any) -> tuple[list[Path], list[str]]:
         fig = getattr(axes, "figure", None) or plt.gcf()
         if multi and name == "history":
             fig.suptitle(f"{search.study}: {metrics[0]}")
+        if name == "pareto":
+            what = " (SYNTHETIC DATA)" if synthetic else ""
+            axes.set_title(f"{search.study}: Pareto front{what}")
         _save(fig, out / f"{name}.png")
         plt.close(fig)
         written.append(out / f"{name}.png")
     return written, skipped
 
 
+def config_text(search: Search, trial: Any, synthetic: bool, how: str = "best.yaml") -> str:
+    """A trial's runnable config (:func:`best_config`) with a header: which trial, its
+    objective values, how to train it again and, on synthetic data, SYNTHETIC DATA."""
+    values = ", ".join(
+        f"{m} {v:.4g}" for m, v in zip(search.space.objectives, trial.values, strict=True)
+    )
+    header = [
+        f"# machlite search {search.study}: trial {trial.number} ({values}; the mean "
+        f"over seeds {', '.join(map(str, search.seeds))})",
+        f"# train it again: machlite fit --config {how}",
+    ]
+    if synthetic:
+        header.append("# SYNTHETIC DATA: its accuracy says nothing about real jets")
+    if any(m in HARDWARE_METRICS for m in search.space.objectives):
+        header.append("# luts, ffs, dsps: yosys synth_xilinx xc7 counts (not Vivado)")
+    config = best_config(search, trial)
+    return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False)
+
+
+def write_pareto_configs(search: Search, study: Any, synthetic: bool) -> list[Path]:
+    """``pareto/trial_N.yaml`` for each trial on the Pareto front (several objectives),
+    each runnable as ``best.yaml`` is; files of trials no longer on the front are removed."""
+    if len(search.space.objectives) < 2:
+        return []
+    folder = search.search_dir / PARETO_DIR
+    front = best_trials(study)
+    wanted = {folder / f"trial_{t.number}.yaml": t for t in front}
+    for old in folder.glob("trial_*.yaml") if folder.is_dir() else []:
+        if old not in wanted:
+            old.unlink()
+    if wanted:
+        folder.mkdir(parents=True, exist_ok=True)
+    for path, trial in wanted.items():
+        how = f"{PARETO_DIR}/{path.name}"
+        atomic_write(path, config_text(search, trial, synthetic, how))
+    return sorted(wanted, key=lambda p: int(p.stem.split("_")[1]))
+
+
 def write_results(search: Search, study: Any) -> list[Path]:
-    """Write trials.csv, trials.md, best.yaml (once a trial completed) and the plots.
+    """Write trials.csv, trials.md, best.yaml (once a trial completed), the Pareto front's
+    configs (several objectives) and the plots.
 
     Returns:
         The files written.
@@ -231,21 +297,10 @@ def write_results(search: Search, study: Any) -> list[Path]:
     files = [out / "trials.csv", out / "trials.md"]
     best = best_trials(study)
     if best:
-        config = best_config(search, best[0])
-        values = ", ".join(
-            f"{m} {v:.4g}" for m, v in zip(search.space.objectives, best[0].values, strict=True)
-        )
-        header = [
-            f"# machlite search {search.study}: trial {best[0].number} ({values}; the mean "
-            f"over seeds {', '.join(map(str, search.seeds))})",
-            "# train it again: machlite fit --config best.yaml",
-        ]
-        if synthetic:
-            header.append("# SYNTHETIC DATA: its accuracy says nothing about real jets")
-        text = "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False)
-        atomic_write(out / "best.yaml", text)
+        atomic_write(out / "best.yaml", config_text(search, best[0], synthetic))
         files.append(out / "best.yaml")
-    plots, skipped = draw_plots(search, study)
+    files += write_pareto_configs(search, study, synthetic)
+    plots, skipped = draw_plots(search, study, synthetic)
     text = trials_markdown(search, study, rows, plots, synthetic)
     if skipped:
         text += "\nPlots left out: " + "; ".join(skipped) + ".\n"
@@ -254,10 +309,13 @@ def write_results(search: Search, study: Any) -> list[Path]:
 
 
 __all__ = [
+    "AXIS_LABELS",
     "best_config",
     "best_trials",
+    "config_text",
     "draw_plots",
     "trial_rows",
     "trials_markdown",
+    "write_pareto_configs",
     "write_results",
 ]

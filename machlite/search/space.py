@@ -12,6 +12,7 @@ A space file is YAML::
     overrides:                            # optional: fixed settings of every trial
       trainer.max_epochs: 5
     pruner: {type: median, n_startup_trials: 3}   # optional (see machlite.search.study)
+    hardware: {synth_timeout: 300}        # optional: the RTL flow's options (hardware objectives)
 
 A key is any key ``machlite fit`` takes (``model.quantization.bits`` will be one more key).
 This module only reads and checks the file's shape; whether each key and value fits
@@ -29,8 +30,18 @@ from typing import Any
 import yaml
 
 from machlite.errors import ConfigError
+from machlite.runs.hardware import HARDWARE_METRICS, HardwareOptions, parse_hardware
 
-SPACE_FILE_KEYS = ("config", "name", "params", "objectives", "overrides", "pruner", "description")
+SPACE_FILE_KEYS = (
+    "config",
+    "name",
+    "params",
+    "objectives",
+    "overrides",
+    "pruner",
+    "hardware",
+    "description",
+)
 DISTRIBUTION_TYPES = ("float", "int", "categorical")
 #: Objectives that are not logged scalars: read from the run folder instead.
 SPECIAL_OBJECTIVES = {
@@ -38,6 +49,7 @@ SPECIAL_OBJECTIVES = {
     "params": "the network's parameter count",
     "bits": "the model size in bits at its quantized formats (model.bits in HPARAMS)",
     "bops": "bit operations per sample at its quantized formats (model.bops in HPARAMS)",
+    **HARDWARE_METRICS,  # from the run's hardware.json (machlite.runs.hardware)
 }
 _DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -125,6 +137,8 @@ class Space:
         pruner: The pruner's settings (``type`` and its arguments), or None for the default.
         config: The base config from the file (resolved against it), or None.
         name: The file's ``name`` (default: its stem).
+        hardware: The RTL flow's options when a trial measures its design (a hardware
+            objective, or a ``hardware:`` block), else None.
     """
 
     params: list[Param]
@@ -133,6 +147,7 @@ class Space:
     pruner: dict[str, Any] | None = None
     config: Path | None = None
     name: str = "search"
+    hardware: HardwareOptions | None = None
 
     @property
     def keys(self) -> list[str]:
@@ -145,7 +160,9 @@ class Space:
 
     def signature(self) -> dict[str, Any]:
         """The space as plain data, kept in the study: resuming with another space is refused."""
+        hardware = {} if self.hardware is None else {"hardware": self.hardware.to_dict()}
         return {
+            **hardware,
             "params": {
                 p.key: {
                     "type": p.type,
@@ -289,15 +306,20 @@ def load_space(path: Path, cli_value: Any = str) -> Space:
     pruner = data.get("pruner")
     if pruner is not None and (not isinstance(pruner, dict) or "type" not in pruner):
         raise ConfigError(f"{where}: pruner must be a mapping like {{type: median}}")
+    objectives = parse_objectives(data.get("objectives", {"val/acc": "max"}), where)
+    hardware = None
+    if "hardware" in data or any(m in HARDWARE_METRICS for m in objectives):
+        hardware = parse_hardware(data.get("hardware"), where)
     config = None
     if data.get("config"):
         config = Path(str(data["config"]))
         config = config if config.is_absolute() else path.parent / config
     return Space(
         params=[parse_param(str(k), v, where) for k, v in params.items()],
-        objectives=parse_objectives(data.get("objectives", {"val/acc": "max"}), where),
+        objectives=objectives,
         overrides=[(str(k), cli_value(v)) for k, v in overrides.items()],
         pruner=pruner,
         config=config,
         name=str(data.get("name") or path.stem),
+        hardware=hardware,
     )

@@ -85,6 +85,7 @@ def run_sweep(sweep: Sweep, jobs: int = 1, out: IO[str] | None = None) -> Launch
             "seeds": sweep.seeds,
             "overrides": [list(o) for o in sweep.overrides],
             "link": sweep.link,
+            "hardware": None if sweep.hardware is None else sweep.hardware.to_dict(),
             "runs": [r.name for r in runs],
         },
     )
@@ -94,7 +95,10 @@ def run_sweep(sweep: Sweep, jobs: int = 1, out: IO[str] | None = None) -> Launch
         if is_finished(sweep, run, done):
             continue
         if done is not None:
-            runner.say(f"machlite sweep: {run.name} finished with other arguments; redoing it")
+            runner.say(
+                f"machlite sweep: {run.name} finished with other arguments (or hardware "
+                "options); redoing it"
+            )
         todo.append(run)
     n_settings = len(runs) // max(len(sweep.seeds), 1)
     runner.say(
@@ -132,6 +136,10 @@ def main(argv: Sequence[str]) -> None:
         MachliteError: Bad options, or some runs failed (after the others finished).
     """
     sweep, args = parse_sweep(argv)
+    if sweep.hardware is not None and not args.dry_run:  # one line before any run
+        from machlite.runs.hardware import require_tools
+
+        require_tools(sweep.hardware, "the sweep's hardware block")
     check_settings(sweep)
     if args.dry_run:
         for run in expand(sweep):

@@ -18,6 +18,7 @@ import yaml
 from machlite.atomic import atomic_write
 from machlite.config_files import yaml_error_message
 from machlite.errors import BadArguments, ConfigError, MachliteError, PlainArgumentParser
+from machlite.runs.hardware import parse_hardware
 from machlite.runs.layout import OVERRIDES_FILE
 from machlite.runs.settings import (
     RESERVED,
@@ -28,7 +29,16 @@ from machlite.runs.settings import (
 )
 from machlite.sweep.spec import Sweep, expand, is_synthetic_sweep, run_settings
 
-SWEEP_FILE_KEYS = ("config", "name", "grid", "seeds", "overrides", "link", "description")
+SWEEP_FILE_KEYS = (
+    "config",
+    "name",
+    "grid",
+    "seeds",
+    "overrides",
+    "link",
+    "hardware",
+    "description",
+)
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
 
@@ -81,6 +91,8 @@ def load_sweep_file(path: Path) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise ConfigError(f"sweep file {path}: {block} must be a mapping of key: value")
         out[block] = {str(k): cli_value(v) for k, v in value.items()}
+    if "hardware" in data:  # each run measures its tested checkpoint's design
+        out["hardware"] = parse_hardware(data["hardware"], f"sweep file {path}")
     return out
 
 
@@ -188,6 +200,7 @@ def parse_sweep(argv: Sequence[str]) -> tuple[Sweep, Any]:
         overrides=overrides,
         link=link,
         name=name,
+        hardware=spec.get("hardware"),
     )
     validate(sweep)
     if args.sweep_dir is not None:

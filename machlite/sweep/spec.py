@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from machlite.errors import ConfigError
+from machlite.runs.hardware import HardwareOptions, read_hardware
 from machlite.runs.launcher import PlannedRun
 from machlite.runs.names import run_name, safe_label, short_keys, value_label
 from machlite.runs.settings import (
@@ -42,6 +43,8 @@ class Sweep:
             ``lr_scheduler.init_args.T_max`` to ``trainer.max_epochs``).
         name: The sweep's name.
         sweep_dir: Folder of the sweep's runs.
+        hardware: The RTL flow's options when each run measures its tested checkpoint's
+            design (``hardware.json``; a sweep file's ``hardware:`` block), else None.
     """
 
     config: Path | None
@@ -51,6 +54,7 @@ class Sweep:
     link: dict[str, str] = field(default_factory=dict)
     name: str = "sweep"
     sweep_dir: Path = Path("sweeps/sweep")
+    hardware: HardwareOptions | None = None
 
 
 @dataclass
@@ -104,8 +108,9 @@ def run_settings(sweep: Sweep, run: Run) -> RunSettings:
 
 
 def planned(sweep: Sweep, run: Run) -> PlannedRun:
-    """The run, as the launcher runs it."""
-    return PlannedRun(run.name, run_settings(sweep, run))
+    """The run, as the launcher runs it (measuring its design when the sweep asks)."""
+    hardware = None if sweep.hardware is None else sweep.hardware.to_dict()
+    return PlannedRun(run.name, run_settings(sweep, run), hardware=hardware)
 
 
 def _pairs(sweep: Sweep, run: Run) -> list[tuple[str, str]]:
@@ -129,9 +134,14 @@ def legacy_signature(sweep: Sweep, run: Run) -> list[str]:
 
 
 def is_finished(sweep: Sweep, run: Run, done: dict[str, Any] | None) -> bool:
-    """Whether ``done`` (the run's ``done.json``) records this run with these settings."""
+    """Whether ``done`` (the run's ``done.json``) records this run with these settings (and,
+    when the sweep asks for hardware, its ``hardware.json`` with the same options)."""
     if done is None:
         return False
+    if sweep.hardware is not None:
+        hardware = read_hardware(sweep.sweep_dir / run.name) or {}
+        if hardware.get("options") != sweep.hardware.to_dict():
+            return False
     signature = done.get("signature")
     return signature in (run_settings(sweep, run).signature(), legacy_signature(sweep, run))
 

@@ -15,6 +15,7 @@ from typing import Any
 from machlite.atomic import atomic_write, write_csv
 from machlite.events import COST
 from machlite.notices import read_warnings
+from machlite.runs.hardware import HARDWARE_METRICS, hardware_value
 from machlite.runs.launcher import PlannedRun
 from machlite.runs.names import short_keys
 from machlite.runs.records import read_done, read_run, run_metrics
@@ -22,6 +23,16 @@ from machlite.runs.settings import is_synthetic
 from machlite.sweep.spec import Run, Sweep
 
 METRICS = ("val_acc_final", "val_acc_best", "test_acc", "epochs_to_best", "sec_per_epoch")
+HARDWARE_TITLES = {
+    "luts": "yosys LUTs",
+    "ffs": "yosys FFs",
+    "dsps": "yosys DSPs",
+    "latency_cycles": "latency (cycles)",
+}
+HARDWARE_NOTE = (
+    " yosys LUTs, FFs and DSPs (synth_xilinx xc7, not Vivado) and the latency are the "
+    "design of each run's tested checkpoint (its hardware.json), the mean over the seeds."
+)
 METRIC_TITLES = {
     "val_acc_final": "final val/acc",
     "val_acc_best": "best val/acc",
@@ -48,10 +59,13 @@ def summarize(sweep: Sweep, runs: list[Run]) -> tuple[list[dict[str, Any]], list
         ``(run_rows, setting_rows)``. A setting row has ``setting``, the short key of each
         swept parameter, ``n``, ``seeds``, ``<metric>_mean`` and ``<metric>_std`` for each of
         METRICS, ``params``, and ``bits`` and ``bops`` (the network's cost, see COST; None
-        where a run logged none, or the seeds disagree).
+        where a run logged none, or the seeds disagree). When any run has a
+        ``hardware.json``, every row also has ``luts``, ``ffs``, ``dsps`` and
+        ``latency_cycles`` (a setting's: the mean over its seeds that have one).
     """
     names = short_keys(list(sweep.grid))
     run_rows: list[dict[str, Any]] = []
+    hardware = any(hardware_value("luts", sweep.sweep_dir / run.name) is not None for run in runs)
     for run in runs:
         run_dir = sweep.sweep_dir / run.name
         done = read_done(run_dir)
@@ -69,6 +83,9 @@ def summarize(sweep: Sweep, runs: list[Run]) -> tuple[list[dict[str, Any]], list
                 "fit_seconds": done.get("fit_seconds"),
             }
         )
+        if hardware:
+            for key in HARDWARE_METRICS:
+                run_rows[-1][key] = hardware_value(key, run_dir)
     setting_rows = []
     for setting in dict.fromkeys(run.setting for run in runs):
         rows = [r for r in run_rows if r["setting"] == setting]
@@ -85,6 +102,9 @@ def summarize(sweep: Sweep, runs: list[Run]) -> tuple[list[dict[str, Any]], list
         for key in ("params", *COST):  # one value per setting, else None
             same = {r[key] for r in rows}
             row[key] = same.pop() if len(same) == 1 else None
+        if hardware:
+            for key in HARDWARE_METRICS:
+                row[key] = stats([r[key] for r in rows if r[key] is not None])[0]
         setting_rows.append(row)
     return run_rows, setting_rows
 
@@ -154,7 +174,9 @@ def summary_markdown(
     metric = "test_acc" if has_test else "val_acc_best"
     marks = _versus_best(setting_rows, metric)
     titles = [METRIC_TITLES[m] for m in METRICS]
-    header = ["setting", "seeds", *titles, "params", "bits", "BOPs", "vs best"]
+    hardware = [k for k in HARDWARE_METRICS if any(k in r for r in setting_rows)]
+    header = ["setting", "seeds", *titles, "params", "bits", "BOPs"]
+    header += [HARDWARE_TITLES[k] for k in hardware] + ["vs best"]
     lines += ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 2) + "|---|"]
     for row in setting_rows:
         cells = [f"`{row['setting']}`", str(row["n"])]
@@ -162,6 +184,8 @@ def summary_markdown(
             cells.append(_mean_std(row, m, 4 if "acc" in m else 1 if m == "epochs_to_best" else 2))
         for key in ("params", *COST):
             cells.append("–" if row[key] is None else f"{row[key]:,}")
+        for key in hardware:
+            cells.append("–" if row[key] is None else f"{row[key]:,.0f}")
         cells.append(marks.get(row["setting"], ""))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -171,7 +195,9 @@ def summary_markdown(
         "Epochs to best counts from 1. s/epoch is the wall time between validations, "
         "from the event files (runs sharing the CPU under --jobs are slower). "
         "bits is the model size and BOPs the bit operations per sample, at the run's "
-        "quantized formats (float layers at 32 bits), from its HPARAMS entry.",
+        "quantized formats (float layers at 32 bits), from its HPARAMS entry."
+        + HARDWARE_NOTE
+        * bool(hardware),
         f'"vs best": the setting with the best mean {METRIC_TITLES[metric]}, and the ones '
         "whose mean is within two standard errors of it, i.e. not distinguishable from it "
         "with these seeds. Needs at least two seeds per setting.",

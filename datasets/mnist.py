@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torchvision.datasets import MNIST
 
 from machlite.atomic import atomic_path
@@ -53,10 +54,13 @@ class MNISTDataModule(InMemoryDataModule):
             which feeds poptorch the plain dataset.
         steps_per_call: Batches per training call, the model's ``steps_per_call`` (the CLI
             links it; see :class:`~machlite.datasets.base.InMemoryDataModule`).
+        pool: Reduce every image by ``pool`` x ``pool`` average pooling after normalising
+            (a divisor of 28: 1 keeps the 28x28 images, 2 gives 14x14, 4 gives 7x7). A
+            small network with a fully unrolled Verilog design (``MNISTMLP``) takes 14x14.
+            ``input_shape`` follows: ``(1, 28 // pool, 28 // pool)``.
     """
 
     num_classes = 10
-    input_shape = (1, 28, 28)
 
     def __init__(
         self,
@@ -67,8 +71,13 @@ class MNISTDataModule(InMemoryDataModule):
         seed: int = 0,
         augment_shift: NonNegativeInt = 0,
         steps_per_call: PositiveInt = 1,
+        pool: PositiveInt = 1,
     ) -> None:
         super().__init__(data_dir, batch_size, eval_batch_size, seed, steps_per_call)
+        if pool < 1 or 28 % pool != 0:
+            raise ConfigError(f"data.pool must divide 28 (1, 2, 4, 7, 14 or 28), got {pool}")
+        self.pool = pool
+        self.input_shape = (1, 28 // pool, 28 // pool)
         if not 0 < val_size < MNIST_TRAIN_SIZE:
             raise ConfigError(
                 f"data.val_size must be in [1, {MNIST_TRAIN_SIZE - 1}], got {val_size}"
@@ -151,10 +160,13 @@ class MNISTDataModule(InMemoryDataModule):
         background = (0.0 - MNIST_MEAN) / MNIST_STD
         return RandomShiftLoader(loader, self.augment_shift, fill=background)
 
-    @staticmethod
-    def normalise(images: torch.Tensor) -> torch.Tensor:
-        """Turn uint8 [N, 28, 28] images into normalised float [N, 1, 28, 28] tensors."""
-        return ((images.float() / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """Turn uint8 [N, 28, 28] images into normalised float [N, 1, 28, 28] tensors.
+
+        With ``pool`` > 1, each is then average-pooled to [N, 1, 28 // pool, 28 // pool].
+        """
+        x = ((images.float() / 255.0 - MNIST_MEAN) / MNIST_STD).unsqueeze(1)
+        return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
 
     def split_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The training and validation indices (sorted) into the ``n`` MNIST training images.

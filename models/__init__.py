@@ -4,6 +4,7 @@ from torch import nn
 
 from .jsc import JSCTiny, JSCToy, JSCWill
 from .mnist import MNISTNet
+from .mnist_mlp import MNISTMLP
 
 #: Every network machlite ships, by class name (what ``machlite models`` lists).
 NETWORKS: dict[str, type[nn.Module]] = {
@@ -11,6 +12,7 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "JSCToy": JSCToy,
     "JSCWill": JSCWill,
     "MNISTNet": MNISTNet,
+    "MNISTMLP": MNISTMLP,
 }
 
 
@@ -19,4 +21,4 @@ def count_parameters(network: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in network.parameters() if p.requires_grad or not trainable_only)
 
 
-__all__ = ["JSCTiny", "JSCToy", "JSCWill", "MNISTNet", "NETWORKS", "count_parameters"]
+__all__ = ["JSCTiny", "JSCToy", "JSCWill", "MNISTNet", "MNISTMLP", "NETWORKS", "count_parameters"]

@@ -6,7 +6,7 @@ from torchvision.datasets import MNIST
 
 from machlite.datasets import MNISTDataModule
 from machlite.datasets.mnist import MNIST_MEAN, MNIST_STD
-from machlite.errors import DataError
+from machlite.errors import ConfigError, DataError
 
 
 def test_split_is_seeded_disjoint_and_complete(mnist_dir: Path) -> None:
@@ -61,3 +61,21 @@ def test_corrupt_file_is_named(tmp_path: Path, mnist_dir: Path) -> None:
     )
     MNISTDataModule(data_dir=str(tmp_path / "m")).prepare_data()
     assert (raw / "train-labels-idx1-ubyte").stat().st_size == 60_008
+
+
+def test_pool_averages_the_normalised_images(mnist_dir: Path) -> None:
+    full = MNISTDataModule(data_dir=str(mnist_dir)).load_splits()
+    dm = MNISTDataModule(data_dir=str(mnist_dir), pool=2)
+    assert dm.input_shape == (1, 14, 14) and MNISTDataModule().input_shape == (1, 28, 28)
+    pooled = dm.load_splits()
+    for split in ("train", "val", "test"):
+        x, y = pooled[split]
+        assert x.shape[1:] == (1, 14, 14) and torch.equal(y, full[split][1])
+        blocks = full[split][0][:50].unflatten(2, (14, 2)).unflatten(4, (14, 2))
+        assert torch.allclose(x[:50], blocks.mean(dim=(3, 5)), atol=1e-6)
+
+
+@pytest.mark.parametrize("pool", [0, 3, 5])
+def test_pool_must_divide_28(pool: int) -> None:
+    with pytest.raises(ConfigError, match=f"data.pool must divide 28.*got {pool}"):
+        MNISTDataModule(pool=pool)

@@ -3,11 +3,20 @@ import torch
 from torch import nn
 
 from machlite.commands import main
-from machlite.models import NETWORKS, JSCTiny, JSCToy, JSCWill, MNISTNet, count_parameters
+from machlite.models import (
+    MNISTMLP,
+    NETWORKS,
+    JSCTiny,
+    JSCToy,
+    JSCWill,
+    MNISTNet,
+    count_parameters,
+)
 
 
 @pytest.mark.parametrize(
-    ("cls", "expected"), [(JSCTiny, 117), (JSCToy, 327), (JSCWill, 3231), (MNISTNet, 225_034)]
+    ("cls", "expected"),
+    [(JSCTiny, 117), (JSCToy, 327), (JSCWill, 3231), (MNISTNet, 225_034), (MNISTMLP, 7818)],
 )
 def test_parameter_counts(cls: type[nn.Module], expected: int) -> None:
     assert count_parameters(cls()) == expected
@@ -49,7 +58,21 @@ def test_models_command_lists_counts(capsys: pytest.CaptureFixture[str]) -> None
         ("JSCToy", "327"),
         ("JSCWill", "3,231"),
         ("MNISTNet", "225,034"),
+        ("MNISTMLP", "7,818"),
     ]:
         line = next(line for line in out.splitlines() if line.startswith(name))
         assert count in line
-    assert set(NETWORKS) == {"JSCTiny", "JSCToy", "JSCWill", "MNISTNet"}
+    assert set(NETWORKS) == {"JSCTiny", "JSCToy", "JSCWill", "MNISTNet", "MNISTMLP"}
+
+
+def test_mnist_mlp_layers_and_shapes() -> None:
+    net = MNISTMLP()  # 14x14 inputs: Flatten, 196-32-32-10
+    kinds = [type(m).__name__ for m in net.layers]
+    assert kinds == ["Flatten"] + ["Linear", "BatchNorm1d", "ReLU"] * 2 + ["Linear"]
+    assert net.eval()(torch.randn(4, 1, 14, 14)).shape == (4, 10)
+    tfc = MNISTMLP(in_features=784, hidden=(64, 64, 64), dropout=0.2)  # FINN's TFC widths
+    assert count_parameters(tfc) == 784 * 64 + 2 * 64 * 64 + 64 * 10 + 3 * (64 + 128) + 10
+    assert sum(isinstance(m, nn.Dropout) for m in tfc.layers) == 3
+    assert tfc.eval()(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="hidden width"):
+        MNISTMLP(hidden=(32, 0))

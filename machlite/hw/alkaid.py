@@ -150,12 +150,15 @@ class rounding:  # noqa: N801 - used as a context manager, like torch.no_grad
         _MODES.update(self.saved)
 
 
-def trace_network(network: torch.nn.Module, in_features: int, fmt: FixedPoint) -> CombLogic:
+def trace_network(
+    network: torch.nn.Module, input_shape: tuple[int, ...], fmt: FixedPoint
+) -> CombLogic:
     """The eval forward of ``network`` on inputs of format ``fmt``, as alkaid's design.
 
     Args:
-        network: A quantized JSC network (every arithmetic layer with fixed-point formats).
-        in_features: The input width (one sample is a vector).
+        network: A quantized network on vectors (every arithmetic layer with fixed-point
+            formats), or one that begins with ``nn.Flatten`` (alkaid replays it).
+        input_shape: One sample's shape; the design's inputs are its elements, flattened.
         fmt: The input's format (the first layer's ``data_in``).
     """
     network = network.cpu().eval()
@@ -163,7 +166,7 @@ def trace_network(network: torch.nn.Module, in_features: int, fmt: FixedPoint) -
     SUMS.clear()
     _NAMES.update({id(m): name for name, m in network.named_modules()})
     k, i, f = kif(fmt)
-    shape = (1, in_features)
+    shape = (1, *input_shape)
     hwconf = HWConfig(1, 1, -1)  # alkaid's default (adder size, carry size, no cutoff)
     x = FVArray.from_kif(np.full(shape, k), np.full(shape, i), np.full(shape, f), hwconf)
     with torch.no_grad():

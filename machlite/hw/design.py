@@ -11,11 +11,13 @@ Verilog compiled with Verilator (``rtl_sim``). yosys then synthesizes it for a X
 :func:`verilog_design`. docs/hardware.md.
 
 Only exact designs are written: every Linear and BatchNorm needs fixed-point weight and bias
-formats, and the first layer a ``data_in`` format (the design's input format). Each refusal
-is one line naming the layer and the config key. machlite's fake quantization is float32,
-exact while every sum stays within 2^24 steps of its grid: past that on the compared samples
-the design is refused (no design could agree with an inexact reference); past it only for
-some input of the format, the result says so (``float32``) and a note is printed.
+formats, and the first layer a ``data_in`` format (the design's input format). A network may
+begin with ``nn.Flatten`` (the MNIST MLP): the design's input is then the flattened sample.
+Each refusal is one line naming the layer and the config key. machlite's fake quantization
+is float32, exact while every sum stays within 2^24 steps of its grid: past that on the
+compared samples the design is refused (no design could agree with an inexact reference);
+past it only for some input of the format, the result says so (``float32``) and a note is
+printed.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ def input_format(network: nn.Module) -> FixedPoint:
             layer has no ``data_in`` format; one line naming the layer and the config key.
     """
     leaves = [(n, m) for n, m in network.named_modules() if not list(m.children())]
+    while leaves and isinstance(leaves[0][1], nn.Flatten):  # the design's input is flat
+        leaves.pop(0)
     first: FixedPoint | None = None
     for index, (name, module) in enumerate(leaves):
         kind = layer_type(module)
@@ -78,9 +82,10 @@ def input_format(network: nn.Module) -> FixedPoint:
             )
         elif not isinstance(module, PASS_THROUGH):
             raise ConfigError(
-                f"--format verilog: {label} has no fully unrolled RTL in machlite (the JSC "
-                "networks only: Linear, BatchNorm1d, ReLU, Dropout; the MNIST CNN's "
-                "Linear(1600,128) alone would be about 205k constant multiplications)"
+                f"--format verilog: {label} has no fully unrolled RTL in machlite (networks "
+                "on vectors only, as JSC and MNISTMLP: a leading Flatten, then Linear, "
+                "BatchNorm1d, ReLU, Dropout; the MNIST CNN's Linear(1600,128) alone would be "
+                "about 205k constant multiplications)"
             )
         if index == 0 and first is None:
             kind_key = kind.key if kind is not None else "relu"
@@ -209,7 +214,8 @@ def verilog_design(
 
     Args:
         network: The quantized network (eval).
-        input_shape: One sample's shape (a vector: ``(in_features,)``).
+        input_shape: One sample's shape: a vector ``(in_features,)``, or any shape when the
+            network begins with ``nn.Flatten()`` (the design's input is then flat).
         out: The project folder.
         x: The inputs to compare on (float; rounded to the input format on the way in).
         latency_cutoff: ns per pipeline stage (alkaid's delay model); <= 0: combinational.
@@ -226,11 +232,14 @@ def verilog_design(
     """
     from machlite.hw import tools
 
-    if len(input_shape) != 1:
-        raise ConfigError(
-            f"--format verilog takes networks on vectors (the JSC networks), not {input_shape}"
-        )
     fmt = input_format(network)
+    first = next((m for m in network.modules() if not list(m.children())), None)
+    flat = isinstance(first, nn.Flatten) and (first.start_dim, first.end_dim) == (1, -1)
+    if len(input_shape) != 1 and not flat:
+        raise ConfigError(
+            f"--format verilog takes networks on vectors, not {tuple(input_shape)}: a network "
+            "on images must begin with nn.Flatten() (as MNISTMLP does)"
+        )
     network = network.cpu().eval()
     check_tools(rtl_sim=rtl_sim, synth=synth)  # a missing tool stops before any work
     env = tools.verilator_env(out / "sim") if rtl_sim else {}
@@ -239,9 +248,9 @@ def verilog_design(
     seconds: dict[str, float] = {}
     with torch.no_grad():
         want = network(torch.from_numpy(x)).numpy()
-        xq = fake_quant(torch.from_numpy(x), fmt).double().numpy()
+        xq = fake_quant(torch.from_numpy(x), fmt).double().numpy().reshape(len(x), -1)
     start = time.monotonic()
-    comb = hw.trace_network(network, input_shape[0], fmt)
+    comb = hw.trace_network(network, tuple(input_shape), fmt)
     _timed(seconds, "trace", start)
     exactness = float32_exactness(network, x, hw.SUMS)  # refuses an inexact reference
     start = time.monotonic()

@@ -134,7 +134,11 @@ def test_space_file_gives_distributions_grids_and_probe_points(tmp_path: Path) -
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (CONFIGS / "search").glob("*.yaml")))
 def test_space_files_parse_and_every_sample_point_is_a_valid_fit(name: str) -> None:
-    base = {"bit_widths.yaml": "quant/jsc_tiny_qat.yaml", "mnist_lr_batch_size.yaml": "mnist.yaml"}
+    base = {
+        "bit_widths.yaml": "quant/jsc_tiny_qat.yaml",
+        "hardware_pareto.yaml": "quant/jsc_toy_qat.yaml",
+        "mnist_lr_batch_size.yaml": "mnist.yaml",
+    }
     data = (
         ["--data.data_dir", "data"] if name.startswith("mnist") else ["--data.source", "synthetic"]
     )

@@ -161,15 +161,17 @@ def skips_step_hooks(module: pl.LightningModule) -> bool:
 def compile_blocker(module: pl.LightningModule) -> str | None:
     """Why this fit's steps cannot run compiled (``model.compile``), or None when they can.
 
-    Compiled steps need several steps per call, no IPU, what the fast path needs (one
-    device, 32-bit, no profiler, no per-step hooks; :func:`fast_path_blocker`) and an
-    optimizer whose update :mod:`machlite.compiled` writes out.
+    Compiled steps need several steps per call, no IPU, no ``model.pruning``, what the fast
+    path needs (one device, 32-bit, no profiler, no per-step hooks; :func:`fast_path_blocker`)
+    and an optimizer whose update :mod:`machlite.compiled` writes out.
     """
     trainer = module.trainer
     if module.steps_per_call < 2:
         return "model.steps_per_call is 1; compiled steps run several per call (e.g. 32)"
     if on_ipu(trainer):
         return "on IPUs poptorch compiles the step itself"
+    if getattr(module, "pruning", None) is not None:
+        return "model.pruning: torch's pruning sets each weight in a forward hook"
     reason = fast_path_blocker(module, steps="compiled steps")
     if reason is not None:
         return reason

@@ -19,8 +19,10 @@ HPARAMS_SESSION = "_hparams_/session_start_info"
 #: bits and bit operations (BOPs) per sample, at the run's quantized formats.
 MODEL_BITS = "model.bits"
 MODEL_BOPS = "model.bops"
+#: The fraction of the Linear and Conv2d weights that are zero (``model.pruning``; 0 else).
+MODEL_SPARSITY = "model.sparsity"
 #: The network's cost as a sweep summary or a search objective names it, and its tag.
-COST = {"bits": MODEL_BITS, "bops": MODEL_BOPS}
+COST = {"bits": MODEL_BITS, "bops": MODEL_BOPS, "sparsity": MODEL_SPARSITY}
 
 
 def has_events(folder: Path) -> bool:

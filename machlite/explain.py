@@ -140,6 +140,9 @@ def explain(err: BaseException, model: nn.Module | None = None, ckpt_path: Any =
     """
     if isinstance(err, MachliteError):
         return
+    cause = err.__cause__  # jsonargparse wraps a config class's own one-line error
+    if isinstance(err, ValueError) and isinstance(cause, MachliteError):
+        raise cause
     if isinstance(err, RuntimeError) and str(err).startswith("Error(s) in loading state_dict"):
         raise _state_dict_mismatch(model, ckpt_path, err) from err
     if isinstance(err, ValueError | TypeError | RuntimeError) and _raised_in(err, "torch/optim/"):

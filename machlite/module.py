@@ -22,6 +22,7 @@ from machlite.engine import MultiStepEngine, sync_buffers, write_scalars
 from machlite.errors import ConfigError
 from machlite.ipu import on_ipu, record_host_call
 from machlite.quant import QuantConfig, from_dict, quantize_network
+from machlite.sparsity import PruneConfig, adapt_state_dict, attach, prune_config, prune_to
 from machlite.types import PositiveInt
 
 Batch = tuple[Tensor, Tensor]
@@ -78,6 +79,12 @@ class Classifier(pl.LightningModule):
             :func:`machlite.quant.quantize_network`'s copy in ``__init__``, so training is
             quantization-aware and a checkpoint reloads quantized (its hyperparameters hold
             this block as plain data). None (the default): float.
+        pruning: Magnitude pruning of the Linear and Conv2d weights to a target sparsity,
+            on a schedule over epochs (docs/pruning.md): ``sparsity``, ``scope`` (global or
+            layer), ``layers``, ``start_epoch``, ``end_epoch``; or a file of that block.
+            torch's pruning is attached to the (quantized) layers in ``__init__``, so a
+            checkpoint reloads pruned; weights are zeroed at the start of each scheduled
+            epoch. None (the default): no pruning.
         init_from: A float (or quantized) checkpoint whose network weights are loaded at the
             start of ``fit``, before the first step: QAT from a trained float network. Not
             loaded when the fit resumes from a checkpoint (``--ckpt_path``). None: the
@@ -93,6 +100,7 @@ class Classifier(pl.LightningModule):
         compile: bool = False,
         quantization: QuantConfig | None = None,
         init_from: str | None = None,
+        pruning: PruneConfig | None = None,
     ) -> None:
         super().__init__()
         if network is None:
@@ -103,12 +111,17 @@ class Classifier(pl.LightningModule):
             raise ConfigError(f"model.num_classes must be >= 2, got {num_classes}")
         if steps_per_call < 1:
             raise ConfigError(f"model.steps_per_call must be >= 1, got {steps_per_call}")
-        self.save_hyperparameters(ignore=["network", "quantization"], logger=False)
+        self.save_hyperparameters(ignore=["network", "quantization", "pruning"], logger=False)
         #: The quantization config (None: float); the network below is already quantized.
         self.quantization = None if quantization is None else from_dict(quantization)
         if self.quantization is not None:
             self.hparams["quantization"] = self.quantization.to_dict()  # plain data
             network = quantize_network(network, self.quantization)
+        #: The pruning config (None: none); torch's pruning is attached to the network below.
+        self.pruning = None if pruning is None else prune_config(pruning)
+        if self.pruning is not None:
+            self.hparams["pruning"] = self.pruning.to_dict()  # plain data
+            attach(network, self.pruning)  # the quantized layers, if any: they compute
         self.init_from = init_from
         self._restored = False
         self.network = network
@@ -216,6 +229,11 @@ class Classifier(pl.LightningModule):
         """Let the engine choose this fit's multi-step path (fast or with every hook)."""
         self.engine.start(self)
 
+    def on_train_epoch_start(self) -> None:
+        """Prune to this epoch's scheduled sparsity (``model.pruning``; a no-op once reached)."""
+        if self.pruning is not None:
+            prune_to(self.network, self.pruning, self.pruning.target_at(self.current_epoch))
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """IPU only: record the host call's loss (:func:`machlite.ipu.record_host_call`)."""
         if self._on_ipu:
@@ -278,7 +296,8 @@ class Classifier(pl.LightningModule):
             )
 
     def load_network_weights(self, path: str) -> None:
-        """Load the network weights of checkpoint ``path`` (float or quantized: same keys).
+        """Load the network weights of checkpoint ``path`` (float or quantized: same keys;
+        pruned or not: :func:`machlite.sparsity.adapt_state_dict`).
 
         Raises:
             DataError: The file is missing or unreadable.
@@ -286,6 +305,7 @@ class Classifier(pl.LightningModule):
         """
         state = load_checkpoint_file(path, "cpu", weights_only=True).get("state_dict", {})
         weights = {k[len("network.") :]: v for k, v in state.items() if k.startswith("network.")}
+        weights = adapt_state_dict(self.network, weights)
         try:
             self.network.load_state_dict(weights)
         except RuntimeError as err:

@@ -24,6 +24,12 @@ QAT_CONFIGS = sorted(
     for p in CONFIGS.glob("quant/*.yaml")
     if "model" in yaml.safe_load(p.read_text())
 )
+#: The whole configs of configs/prune/ (its block files run in tests/test_pruning.py).
+PRUNE_CONFIGS = sorted(
+    f"prune/{p.name}"
+    for p in CONFIGS.glob("prune/*.yaml")
+    if "model" in yaml.safe_load(p.read_text())
+)
 
 
 def test_every_config_is_covered() -> None:
@@ -41,6 +47,7 @@ def test_every_config_is_covered() -> None:
         "quant/jsc_will_qat.yaml",
         "quant/mnist_qat.yaml",
     } <= set(QAT_CONFIGS)
+    assert "prune/jsc_toy_qat_pruned.yaml" in PRUNE_CONFIGS
 
 
 #: Warnings a normal run may show, each because it tells the user something true.
@@ -50,7 +57,7 @@ ALLOWED_WARNINGS = (
 )
 
 
-@pytest.mark.parametrize("config", JSC_CONFIGS + MNIST_CONFIGS + QAT_CONFIGS)
+@pytest.mark.parametrize("config", JSC_CONFIGS + MNIST_CONFIGS + QAT_CONFIGS + PRUNE_CONFIGS)
 def test_config_runs_quietly(
     config: str, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -66,9 +66,9 @@ class BarProbe(PathProbe):
 
 
 def _fit(
-    jsc_data_dir: Path, k: int, config: str, probe: str = "PathProbe"
+    jsc_data_dir: Path, k: int, config: str, probe: str = "PathProbe", extra: tuple[str, ...] = ()
 ) -> tuple[dict, dict[str, list[tuple[int, float]]], int, str]:
-    name = f"k{k}_{probe}_{config.split('.')[0]}"
+    name = f"k{k}_{probe}_{config.split('.')[0]}" + ("_extra" if extra else "")
     args = [
         "fit",
         "--config",
@@ -85,6 +85,7 @@ def _fit(
         "--experiment",
         name,
         f"--trainer.callbacks+=tests.test_steps_per_call.{probe}",
+        *extra,
     ]
     assert run(args) == 0
     run_dir = next(Path(f"runs/{name}_synthetic").glob("version_*"))
@@ -137,6 +138,26 @@ def test_multi_step_calls_match_single_steps(jsc_data_dir: Path, config: str) ->
     assert one_weights.keys() == k_weights.keys()
     for name, value in one_weights.items():
         assert torch.allclose(value.float(), k_weights[name].float(), atol=1e-6), name
+
+
+def test_pruned_multi_step_calls_match_single_steps(jsc_data_dir: Path) -> None:
+    """model.pruning (issue #25), ramped over both epochs: K=5 gives K=1's weights and masks."""
+    pruning = ("--model.pruning", str(CONFIGS / "prune" / "jsc_toy_75.yaml"))
+    extra = (*pruning, "--model.pruning.end_epoch", "1")
+    one_weights, one_curves, one_steps, one_name = _fit(
+        jsc_data_dir, 1, "jsc_toy.yaml", extra=extra
+    )
+    k_weights, k_curves, k_steps, k_name = _fit(jsc_data_dir, 5, "jsc_toy.yaml", extra=extra)
+    assert SEEN[k_name]["fast"] is True
+    assert one_steps == k_steps > 20
+    assert _values(one_curves["train/loss"]) == pytest.approx(_values(k_curves["train/loss"]))
+    assert one_weights.keys() == k_weights.keys()
+    masks = [key for key in one_weights if key.endswith("weight_mask")]
+    assert len(masks) == 3
+    zeros = sum(int((one_weights[key] == 0).sum()) for key in masks)
+    assert zeros == round(0.75 * sum(one_weights[key].numel() for key in masks))
+    for name, value in one_weights.items():
+        assert torch.equal(value, k_weights[name]), name
 
 
 def test_step_hooks_are_called_when_a_callback_needs_them(jsc_data_dir: Path) -> None:

@@ -17,9 +17,10 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-from machlite.events import MODEL_BITS, MODEL_BOPS
+from machlite.events import MODEL_BITS, MODEL_BOPS, MODEL_SPARSITY
 from machlite.loggers import ResumableTensorBoardLogger, tensorboard_logger
 from machlite.quant.cost import network_cost
+from machlite.sparsity import sparsity_of
 
 #: The metric tags the HPARAMS tab shows for each run (the curves' last values).
 METRICS = ("val/acc", "val/acc_best", "val/loss", "train/loss_epoch", "test/acc")
@@ -34,12 +35,17 @@ def _float(value: Any) -> float | None:
 
 
 def _cost(pl_module: pl.LightningModule) -> dict[str, float]:
-    """``model.bits`` and ``model.bops`` of the module's network (empty if it has none)."""
+    """``model.bits``, ``model.bops`` and ``model.sparsity`` of the module's network (empty
+    if it has none)."""
     network, shape = getattr(pl_module, "network", None), getattr(pl_module, "input_shape", None)
     if not isinstance(network, torch.nn.Module) or shape is None:
         return {}
     cost = network_cost(network, None, tuple(shape))
-    return {MODEL_BITS: float(cost.bits), MODEL_BOPS: float(cost.bops)}
+    return {
+        MODEL_BITS: float(cost.bits),
+        MODEL_BOPS: float(cost.bops),
+        MODEL_SPARSITY: sparsity_of(network),
+    }
 
 
 class HParamsLogger(Callback):
@@ -53,19 +59,45 @@ class HParamsLogger(Callback):
     def __init__(self, hparams: dict[str, Any] | None = None) -> None:
         self.hparams = dict(hparams or {})
         self.best: float | None = None
+        self.written = False  # a pruned run's entry, written in this process
 
     @rank_zero_only
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Write the HPARAMS entry once per run folder (a resumed run has it already).
 
-        Beside the settings it holds the network's size in bits and its BOPs per sample
-        (``model.bits``, ``model.bops``; quantized formats where the run quantizes).
+        Beside the settings it holds the network's size in bits, its BOPs per sample and
+        its fraction of zero weights (``model.bits``, ``model.bops``, ``model.sparsity``;
+        quantized formats where the run quantizes). A pruned run (``model.pruning``) zeroes
+        its weights during the fit, and TensorBoard keeps a run's first entry only: its entry
+        is written by :meth:`on_train_epoch_end` once the schedule's masks are final.
         """
         self.hparams.update(_cost(pl_module))
         logger = tensorboard_logger(trainer)
         resumed = isinstance(logger, ResumableTensorBoardLogger) and logger.resume_step is not None
-        if logger is not None and not resumed:
+        if logger is not None and not resumed and getattr(pl_module, "pruning", None) is None:
             self.write_session(logger)
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A pruned run: write the entry once its last pruning epoch is trained (its zeros
+        no longer change), with the cost of the pruned network."""
+        pruning = getattr(pl_module, "pruning", None)
+        if pruning is not None and trainer.current_epoch >= pruning.end_epoch:
+            self._write_pruned(trainer, pl_module)
+
+    @rank_zero_only
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A pruned run that ends before its schedule does: the entry, with the sparsity
+        reached (a later resume cannot change it: TensorBoard keeps the first)."""
+        if getattr(pl_module, "pruning", None) is not None:
+            self._write_pruned(trainer, pl_module)
+
+    def _write_pruned(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        logger = tensorboard_logger(trainer)
+        if logger is not None and not self.written:
+            self.hparams.update(_cost(pl_module))
+            self.write_session(logger)
+            self.written = True
 
     @rank_zero_only
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -23,7 +23,8 @@ from lightning.pytorch.callbacks import ModelSummary, RichModelSummary
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from machlite.quant.cost import network_cost
+from machlite.quant.cost import LayerCost, network_cost
+from machlite.sparsity import PRUNABLE, PruneConfig, is_pruned, sparsity_of
 
 try:  # torch >= 2.1
     from torch.utils.flop_counter import FlopCounterMode
@@ -72,14 +73,24 @@ def layer_table(network: nn.Module, input_shape: tuple[int, ...]) -> list[dict[s
     ]
 
 
-def format_summary(network: nn.Module, input_shape: tuple[int, ...]) -> str:
+def _zeros(layer: LayerCost | None) -> str:
+    """A Linear's or Conv2d's fraction of zero weights as the summary shows it ('-': other)."""
+    return f"{layer.sparsity:.1%}" if layer is not None and layer.kind in PRUNABLE else "-"
+
+
+def format_summary(
+    network: nn.Module, input_shape: tuple[int, ...], pruning: PruneConfig | None = None
+) -> str:
     """The summary's text: a row per layer, then the totals.
 
     Bits (parameter storage) and BOPs (bit operations per sample, docs/quantization.md) come
     from :func:`machlite.quant.cost.network_cost`: a float layer counts 32 bits a value, a
-    quantized one its formats' widths.
+    quantized one its formats' widths, and zero weights none. A pruned network (or one with
+    ``pruning``, ``model.pruning``) also shows each layer's fraction of zero weights now,
+    and the schedule's target (docs/pruning.md).
     """
     rows = layer_table(network, input_shape)
+    pruned = pruning is not None or any(is_pruned(m) for m in network.modules())
     cost = network_cost(network, None, input_shape)
     by_layer = {layer.name: layer for layer in cost.layers}
     params = sum(p.numel() for p in network.parameters())
@@ -90,7 +101,7 @@ def format_summary(network: nn.Module, input_shape: tuple[int, ...]) -> str:
     kind = max([len("type"), *(len(r["type"]) for r in rows)])
     head = (
         f"  {'layer':<{width}}  {'type':<{kind}}  {'params':>9}  {'output':<14}  {'FLOPs':>11}"
-        f"  {'bits':>9}  {'BOPs':>13}"
+        f"  {'bits':>9}  {'BOPs':>13}" + (f"  {'zeros':>6}" if pruned else "")
     )
     lines = [f"machlite: network {type(network).__name__}, input {tuple(input_shape)}", head]
     for r in rows:
@@ -100,11 +111,20 @@ def format_summary(network: nn.Module, input_shape: tuple[int, ...]) -> str:
             f"  {r['name']:<{width}}  {r['type']:<{kind}}  {r['params']:>9,}  {shape:<14}  "
             f"{'-' if r['flops'] is None else format(r['flops'], ','):>11}  "
             f"{layer.bits if layer else 0:>9,}  {int(layer.bops) if layer else 0:>13,}"
+            + (f"  {_zeros(layer):>6}" if pruned else "")
         )
     lines.append(
         f"  total: {params:,} parameters ({trainable:,} trainable), {flops} FLOPs per sample, "
         f"{cost.bits:,} bits, {int(cost.bops):,} BOPs per sample"
     )
+    if pruned:
+        line = f"  sparsity: {sparsity_of(network):.1%} of the Linear and Conv2d weights are zero"
+        if pruning is not None:
+            line += (
+                f"; model.pruning: {pruning.sparsity:.1%} ({pruning.scope}) at the start of "
+                f"epoch {pruning.end_epoch}"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -119,7 +139,8 @@ class NetworkSummary(ModelSummary):
         if not isinstance(network, nn.Module) or shape is None:
             super().on_fit_start(trainer, pl_module)
             return
-        print(format_summary(network, tuple(shape)), flush=True)
+        pruning = getattr(pl_module, "pruning", None)
+        print(format_summary(network, tuple(shape), pruning), flush=True)
 
 
 def summarize_network(trainer: pl.Trainer) -> None:

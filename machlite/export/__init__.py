@@ -35,6 +35,7 @@ from machlite.quant import (
     load_quant_config,
     quantize_network,
 )
+from machlite.sparsity import make_permanent
 
 FORMATS = ("onnx", "qonnx", "hls4ml", "verilog")
 
@@ -117,7 +118,7 @@ def export(
         ConfigError: The extra is missing, or a quantized format has no formats to use.
     """
     require(fmt)
-    network = network.cpu().eval()
+    network = make_permanent(network).cpu().eval()  # pruned: plain layers holding the zeros
     make_out(out)
     if fmt == "onnx":
         from machlite.export.to_onnx import export_onnx, run_onnxruntime

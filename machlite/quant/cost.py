@@ -6,9 +6,12 @@ quantization of deep neural networks for low-latency inference on the edge for p
 detectors" (hls4ml/QKeras, Nature Machine Intelligence 2021): a layer of ``m`` outputs, each
 a sum of ``n`` products of a ``b_a``-bit input and a ``b_w``-bit weight, costs
 ``m * n * ((1 - f_p) * b_a * b_w + b_a + b_w + log2(n))`` bit operations, ``f_p`` the
-pruned fraction of the weights (0 here). A convolution counts that per output pixel.
-Float tensors count as 32 bits. BatchNorm, ReLU and the other layers count no BOPs (the
-definition covers only the multiply-accumulate layers); their parameters count in the size.
+pruned fraction of the weights: the layer's fraction of weights that are exactly zero
+(``model.pruning``, docs/pruning.md; a pruned layer's ``weight_orig * weight_mask``). A
+convolution counts that per output pixel. Float tensors count as 32 bits. BatchNorm, ReLU
+and the other layers count no BOPs (the definition covers only the multiply-accumulate
+layers); their parameters count in the size. A multiply-accumulate layer's zero weights
+count no bits: a fully unrolled design (``export --format verilog``) stores none of them.
 """
 
 from __future__ import annotations
@@ -51,8 +54,9 @@ class LayerCost:
         formats: Its formats, as the config gives them (``float``: none).
         params: Its number of parameters.
         bits: The bits of its parameters (weights at the weight width, biases at the bias
-            width, float ones at 32).
+            width, float ones at 32; a Linear's or Conv2d's zero weights not counted).
         bops: Its bit operations for one sample.
+        sparsity: The fraction of its weights that are zero (Linear and Conv2d; else 0).
     """
 
     name: str
@@ -61,6 +65,7 @@ class LayerCost:
     params: int
     bits: int
     bops: float
+    sparsity: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,13 @@ def _formats(name: str, module: nn.Module, config: QuantConfig | None) -> LayerQ
     else:
         spec = module.quant if is_quantized(module) else None
     return spec or LayerQuant()
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """The weight a layer computes with: torch's pruning keeps ``weight_orig * weight_mask``
+    (``module.weight`` is only recomputed by a forward)."""
+    mask = getattr(module, "weight_mask", None)
+    return module.weight_orig * mask if isinstance(mask, torch.Tensor) else module.weight
 
 
 def _mac_type(module: nn.Module) -> str | None:
@@ -145,21 +157,26 @@ def network_cost(
         if not own and name not in shapes:
             continue
         spec = _formats(name, module, config)
+        zero_weights, zeros = 0, 0.0  # a Linear's or Conv2d's zero weights, and their fraction
+        if _mac_type(module) is not None:
+            with torch.no_grad():
+                weight = _weight(module)
+                zero_weights = int((weight == 0).sum())
+                zeros = zero_weights / weight.numel()
         size = sum(
             p.numel() * bits(spec.bias if pname == "bias" else spec.weight) for pname, p in own
-        )
+        ) - zero_weights * bits(spec.weight)
         ops = 0.0
         mac = _mac_type(module) if name in shapes else None
+        b_a, b_w = bits(spec.data_in), bits(spec.weight)
         if mac == "linear":
             rows = shapes[name][1].numel() // module.out_features  # leading dimensions
-            ops = rows * bops(
-                module.in_features, module.out_features, bits(spec.data_in), bits(spec.weight)
-            )
+            ops = rows * bops(module.in_features, module.out_features, b_a, b_w, zeros)
         elif mac == "conv2d":
             out_shape = shapes[name][1]
             n = module.in_channels // module.groups * math.prod(module.kernel_size)
             pixels = out_shape[-1] * out_shape[-2]
-            ops = pixels * bops(n, module.out_channels, bits(spec.data_in), bits(spec.weight))
+            ops = pixels * bops(n, module.out_channels, b_a, b_w, zeros)
         layers.append(
             LayerCost(
                 name=name,
@@ -168,6 +185,7 @@ def network_cost(
                 params=sum(p.numel() for _, p in own),
                 bits=int(size),
                 bops=float(ops),
+                sparsity=zeros,
             )
         )
     return NetworkCost(layers)

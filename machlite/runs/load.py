@@ -9,7 +9,8 @@
 The config is read as ``machlite validate --config CONFIG [OVERRIDES] --ckpt_path CKPT``
 reads it: the ``--config`` files and ``--KEY VALUE`` overrides, the links (``data.num_classes``
 -> ``model.num_classes``, ``data.input_shape`` -> ``model.input_shape``), and the checkpoint's
-``hyper_parameters`` over the model config (a QAT checkpoint reloads quantized). The
+``hyper_parameters`` over the model config (a QAT checkpoint reloads quantized; a pruned
+one with its zeros as plain weights, :func:`machlite.sparsity.make_permanent`). The
 checkpoint file is read once (:func:`machlite.checkpoint.load_checkpoint_file`); no
 Lightning subcommand runs, nothing is printed and nothing is written. ``machlite quantize``
 and ``machlite export`` stand on it.
@@ -35,6 +36,7 @@ from machlite.datasets import InMemoryDataModule
 from machlite.errors import ConfigError, DataError, first_line
 from machlite.explain import explain
 from machlite.module import Classifier
+from machlite.sparsity import make_permanent
 
 #: The trainer settings of a run's config that an evaluation keeps (besides the accelerator).
 EVALUATION_KEYS = ("precision", "limit_val_batches", "limit_test_batches", "deterministic")
@@ -154,6 +156,7 @@ def load_run(
     except RuntimeError as err:
         explain(err, model, ckpt)  # the weights do not fit the network: one line
         raise
+    model.network = make_permanent(model.network)  # a pruned one's zeros, without torch's hooks
     trainer = cli.config.get("trainer")
     trainer_config = trainer.as_dict() if hasattr(trainer, "as_dict") else dict(trainer or {})
     return LoadedRun(model, cli.datamodule, trainer_config, ckpt)

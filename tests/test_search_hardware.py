@@ -314,3 +314,26 @@ def test_a_synthesis_past_its_timeout_fails_the_trial_with_one_line(
         run_dir = RunFolder(tmp_path / "s" / r["folder"] / "seed_0")
         assert list(run_dir.checkpoints.glob("*.ckpt")) and run_dir.test.is_dir()
         assert (run_dir.hardware_dir / "yosys.log").is_file()
+
+
+@pytest.mark.slow
+@needs_tools
+def test_a_hardware_sweep_has_the_columns_and_skips_finished_runs(
+    tmp_path: Path, jsc_data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("alkaid")
+    sweep = tmp_path / "hw_sweep.yaml"
+    sweep.write_text(
+        f"config: {CONFIGS / 'jsc_tiny.yaml'}\ngrid: {{optimizer.lr: [0.001]}}\n"
+        f"overrides: {{model.quantization: {HW4}, trainer.max_epochs: 1}}\n"
+        "hardware: {samples: 100}\n"
+    )
+    args = ["sweep", "--sweep", str(sweep), *synthetic(jsc_data_dir), *QUIET, "--sweep_dir", "w"]
+    assert run(args) == 0
+    row = rows(tmp_path / "w" / "summary.csv")[0]
+    record = json.loads((tmp_path / "w" / "lr=0.001" / "seed_0" / "hardware.json").read_text())
+    assert float(row["luts"]) == record["luts"] > 0 and row["latency_cycles"] == "0"
+    assert "| yosys LUTs |" in (tmp_path / "w" / "summary.md").read_text()
+    capsys.readouterr()
+    assert run(args) == 0  # finished with its hardware.json: skipped
+    assert "1 already finished (skipped), 0 to run" in capsys.readouterr().out

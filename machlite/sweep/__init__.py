@@ -95,10 +95,8 @@ def run_sweep(sweep: Sweep, jobs: int = 1, out: IO[str] | None = None) -> Launch
         if is_finished(sweep, run, done):
             continue
         if done is not None:
-            runner.say(
-                f"machlite sweep: {run.name} finished with other arguments (or hardware "
-                "options); redoing it"
-            )
+            what = "arguments" if sweep.hardware is None else "arguments or hardware options"
+            runner.say(f"machlite sweep: {run.name} finished with other {what}; redoing it")
         todo.append(run)
     n_settings = len(runs) // max(len(sweep.seeds), 1)
     runner.say(

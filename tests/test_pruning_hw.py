@@ -99,12 +99,6 @@ def test_alkaid_drops_the_zero_weights(tmp_path: Path) -> None:
     assert costs[2] < costs[1] < costs[0] and costs[2] < 0.6 * costs[0], costs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="alkaid 0.8.2 rounds a constant wrongly with RND_CONV (5.625 steps -> 4, 6.5 -> 7; "
-    "RND and TRN are right): an output whose weights are all pruned is its bias, a constant, "
-    "so the design disagrees; machlite/hw/alkaid.py could round constants exactly first",
-)
 def test_a_design_with_an_output_that_no_weight_reaches_is_exact(tmp_path: Path) -> None:
     pytest.importorskip("alkaid")
     network = pruned_toy(HW8, 0.75)  # seq_blocks.5 and .8 each have an all-zero row

@@ -65,7 +65,29 @@ def _round(x: FVArray, fmt: FixedPoint | None) -> FVArray:
     if fmt is None:
         return x
     k, i, f = kif(fmt)
+    if _MODES["round"] == ROUND_MODE:
+        x = _on_grid_constants(x, 2.0**-f)
     return x.quantize(k, i, f, overflow_mode=_MODES["overflow"], round_mode=_MODES["round"])
+
+
+def _on_grid_constants(x: FVArray, step: float) -> FVArray:
+    """``x`` with its constant elements moved to their half-to-even rounding on ``step``.
+
+    Works around alkaid 0.8.2, whose ``RND_CONV`` rounds a constant wrongly (5.625 steps
+    became 4, 6.5 became 7; ``RND`` and ``TRN`` are right). A constant appears where every
+    weight into an output is zero (pruning): the output is its bias. Once on the grid, the
+    quantization leaves the value as is (saturation still applies). Non-constant elements
+    get 0 added, which alkaid folds away.
+    """
+    low = np.array([v.low for v in np.ravel(x)], dtype=np.float64)
+    high = np.array([v.high for v in np.ravel(x)], dtype=np.float64)
+    const = low == high
+    if not const.any():
+        return x
+    delta = np.where(const, np.round(low / step) * step - low, 0.0)  # np.round: half to even
+    if not delta.any():
+        return x
+    return x + delta.reshape(x.shape)
 
 
 def _maxabs(x: FVArray) -> np.ndarray:

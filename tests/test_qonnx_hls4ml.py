@@ -17,7 +17,7 @@ from torch import nn
 from machlite.agreement import compare
 from machlite.models import JSCTiny, JSCToy
 from machlite.quant import FixedPoint, LayerQuant, load_quant_config, quantize_network
-from machlite.runs.load import test_inputs
+from machlite.runs.load import split_inputs
 
 from .conftest import CONFIGS
 from .test_export import trained_like
@@ -44,7 +44,7 @@ def _test_split(jsc_data_dir: Path) -> np.ndarray:
     from machlite.datasets import JSCDataModule
 
     data = JSCDataModule(data_dir=str(jsc_data_dir), source="synthetic", synthetic_jets=3000)
-    return test_inputs(data)
+    return split_inputs(data)
 
 
 def test_qonnx_output_is_the_last_node_and_biases_sit_at_the_accumulator_scale() -> None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from machlite.cli import run_lightning
 from machlite.errors import ConfigError
-from machlite.models import JSCTiny, JSCToy, MNISTNet
+from machlite.models import MNISTMLP, JSCTiny, JSCToy, MNISTNet
 from machlite.module import Classifier
 from machlite.quant import (
     LAYER_TYPES,
@@ -314,7 +314,10 @@ def test_configs_quant_exist() -> None:
 def test_every_quant_config_loads_and_applies(path: Path) -> None:
     config = load_quant_config(path)
     assert config.by_type or config.by_name
-    if path.name.startswith("mnist"):  # the MNIST CNN's files name its layers
+    if path.name.startswith("mnist_mlp"):  # MNISTMLP's files name its layers
+        quant = quantize_network(MNISTMLP(), config)
+        assert quant(torch.randn(4, 1, 14, 14)).shape == (4, 10)
+    elif path.name.startswith("mnist"):  # the MNIST CNN's files name its layers
         quant = quantize_network(MNISTNet(), config)
         assert sum(isinstance(m, QuantConv2d) for m in quant.modules()) == 2
         assert quant(torch.randn(4, 1, 28, 28)).shape == (4, 10)

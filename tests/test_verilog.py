@@ -112,6 +112,11 @@ def test_pipelining_keeps_it_exact(tmp_path: Path) -> None:
     result = verilog(trained_like(JSCToy()), tmp_path, latency_cutoff=2.0)
     assert result["stages"] > 1 and result["latency_cycles"] > 0
     assert result["identical"] == 1.0
+    # alkaid's delay model: the critical path of a stage is shorter than the whole design's
+    whole = verilog(trained_like(JSCToy()), tmp_path / "comb")["alkaid_estimate"]
+    staged = result["alkaid_estimate"]
+    assert 0 < staged["critical_path_ns"] < whole["critical_path_ns"] / 4
+    assert staged["fmax_mhz"] == pytest.approx(1000 / staged["critical_path_ns"], rel=1e-2)
 
 
 @pytest.mark.parametrize(

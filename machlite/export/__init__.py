@@ -177,7 +177,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         MachliteError: The extra is missing, or the config, checkpoint or data cannot be used.
     """
     from machlite.runs.layout import RunFolder
-    from machlite.runs.load import load_run, test_inputs
+    from machlite.runs.load import load_run, split_inputs
 
     args, overrides = parser().parse_known_args(argv)
     require(args.format)  # before any work
@@ -203,7 +203,7 @@ def main(argv: list[str]) -> dict[str, Any]:
     quant = load_quant_config(args.quant) if args.quant else None
     run = load_run(config, ckpt, overrides)
     input_shape = tuple(run.datamodule.input_shape)
-    x = test_inputs(run.datamodule, args.samples)
+    x = split_inputs(run.datamodule, args.samples)
     network = run.model.network
     # export_FORMAT.json is written last: a folder without it is not a finished export
     marker = out / f"export_{args.format}.json"

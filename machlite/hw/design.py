@@ -273,23 +273,31 @@ def verilog_design(
             "alkaid_estimate": rtl.estimate,
         }
     )
-    if rtl_sim:
-        start = time.monotonic()
-        with tools.environment(env):
-            try:
-                got = hw.rtl_simulate(rtl, xq)
-            except RuntimeError as err:  # alkaid's make of the Verilator model failed
-                raise ConfigError(
-                    f"RTL simulation: Verilator could not build the design ({err}); run "
-                    f"'make -f build_fsm_binder.mk' in {out / 'sim'} to see why, or skip it "
-                    "with --rtl_sim false"
-                ) from err
-        result["rtl_sim"] = {"tool": "Verilator", **compare(got, want)}
-        _timed(seconds, "rtl_sim", start)
-    if synth:
-        report = tools.synthesize(rtl.sources, rtl.top, out / "yosys.log", synth_timeout)
-        result["synthesis"] = report.to_dict()
-        seconds["synthesis"] = report.seconds
+    # yosys runs in its own process while Verilator builds and simulates (two cores)
+    yosys = (
+        tools.YosysRun(rtl.sources, rtl.top, out / "yosys.log", synth_timeout) if synth else None
+    )
+    try:
+        if rtl_sim:
+            start = time.monotonic()
+            with tools.environment(env):
+                try:
+                    got = hw.rtl_simulate(rtl, xq)
+                except RuntimeError as err:  # alkaid's make of the Verilator model failed
+                    raise ConfigError(
+                        f"RTL simulation: Verilator could not build the design ({err}); run "
+                        f"'make -f build_fsm_binder.mk' in {out / 'sim'} to see why, or skip "
+                        "it with --rtl_sim false"
+                    ) from err
+            result["rtl_sim"] = {"tool": "Verilator", **compare(got, want)}
+            _timed(seconds, "rtl_sim", start)
+        if yosys is not None:
+            report = yosys.result()
+            result["synthesis"] = report.to_dict()
+            seconds["synthesis"] = report.seconds
+    finally:
+        if yosys is not None:
+            yosys.stop()
     result["seconds"] = seconds
     return result
 
@@ -301,6 +309,13 @@ def describe(result: dict[str, Any]) -> list[str]:
         f"cycle(s), top module {result['top_module']}, inputs at "
         f"({result['input_format']['width']},{result['input_format']['frac_width']})"
     ]
+    est = result.get("alkaid_estimate", {})
+    if est.get("critical_path_ns"):
+        lines.append(
+            f"machlite: alkaid's delay model (logic only, no routing; an estimate, not timing "
+            f"analysis): critical path {est['critical_path_ns']} ns per stage, Fmax about "
+            f"{est['fmax_mhz']:.0f} MHz"
+        )
     f32 = result.get("float32", {})
     if f32 and not f32["exact_for_every_input"]:
         lines.append(

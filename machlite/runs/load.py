@@ -202,7 +202,7 @@ def evaluation_trainer(run: LoadedRun) -> pl.Trainer:
         raise
 
 
-def test_inputs(datamodule: InMemoryDataModule, samples: int = 0) -> np.ndarray:
+def split_inputs(datamodule: InMemoryDataModule, samples: int = 0) -> np.ndarray:
     """The test split's inputs (the first ``samples``; 0: all) as a float32 array.
 
     The datamodule's data is prepared (downloaded, synthesised or cached) first if need be.
@@ -214,4 +214,4 @@ def test_inputs(datamodule: InMemoryDataModule, samples: int = 0) -> np.ndarray:
     return x[:samples] if samples else x
 
 
-__all__ = ["EVALUATION_KEYS", "LoadedRun", "evaluation_trainer", "load_run", "test_inputs"]
+__all__ = ["EVALUATION_KEYS", "LoadedRun", "evaluation_trainer", "load_run", "split_inputs"]

@@ -28,6 +28,7 @@ HARDWARE_TITLES = {
     "ffs": "yosys FFs",
     "dsps": "yosys DSPs",
     "latency_cycles": "latency (cycles)",
+    "critical_path_ns": "critical path (ns, alkaid est.)",
 }
 HARDWARE_NOTE = (
     " yosys LUTs, FFs and DSPs (synth_xilinx xc7, not Vivado) and the latency are the "
@@ -40,6 +41,9 @@ METRIC_TITLES = {
     "epochs_to_best": "epochs to best",
     "sec_per_epoch": "s/epoch",
 }
+
+#: The summary table's column title of each COST key.
+COST_TITLES = {"bits": "bits", "bops": "BOPs", "sparsity": "sparsity"}
 
 
 def stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -175,17 +179,23 @@ def summary_markdown(
     marks = _versus_best(setting_rows, metric)
     titles = [METRIC_TITLES[m] for m in METRICS]
     hardware = [k for k in HARDWARE_METRICS if any(k in r for r in setting_rows)]
-    header = ["setting", "seeds", *titles, "params", "bits", "BOPs"]
+    # sparsity only when some setting is pruned; params, bits and BOPs always
+    cost = [k for k in COST if k != "sparsity" or any(r.get(k) for r in setting_rows)]
+    header = ["setting", "seeds", *titles, "params", *(COST_TITLES[k] for k in cost)]
     header += [HARDWARE_TITLES[k] for k in hardware] + ["vs best"]
     lines += ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 2) + "|---|"]
     for row in setting_rows:
         cells = [f"`{row['setting']}`", str(row["n"])]
         for m in METRICS:
             cells.append(_mean_std(row, m, 4 if "acc" in m else 1 if m == "epochs_to_best" else 2))
-        for key in ("params", *COST):
-            cells.append("–" if row[key] is None else f"{row[key]:,}")
+        for key in ("params", *cost):
+            value = row[key]
+            cells.append(
+                "–" if value is None else f"{value:.2f}" if key == "sparsity" else f"{value:,}"
+            )
         for key in hardware:
-            cells.append("–" if row[key] is None else f"{row[key]:,.0f}")
+            digits = 1 if key == "critical_path_ns" else 0
+            cells.append("–" if row[key] is None else f"{row[key]:,.{digits}f}")
         cells.append(marks.get(row["setting"], ""))
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
@@ -195,7 +205,8 @@ def summary_markdown(
         "Epochs to best counts from 1. s/epoch is the wall time between validations, "
         "from the event files (runs sharing the CPU under --jobs are slower). "
         "bits is the model size and BOPs the bit operations per sample, at the run's "
-        "quantized formats (float layers at 32 bits), from its HPARAMS entry."
+        "quantized formats (float layers at 32 bits; pruned weights count no bits), and "
+        "sparsity the fraction of zero weights after pruning, from its HPARAMS entry."
         + HARDWARE_NOTE
         * bool(hardware),
         f'"vs best": the setting with the best mean {METRIC_TITLES[metric]}, and the ones '

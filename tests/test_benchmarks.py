@@ -148,3 +148,44 @@ def test_verilog_hardware_table_runs_qat_export_and_synthesis(tmp_path: Path) ->
     assert row["synthesis"]["luts"] > 0 and row["synthesis"]["dsps"] == 0
     for step in ("trace", "rtl_sim", "synthesis"):
         assert row["seconds"][step] > 0, step
+
+
+def _front_row(quant: str, sparsity: float, luts: int, accs: list[float]) -> dict:
+    mean = sum(accs) / len(accs)
+    return {
+        "quant": quant,
+        "sparsity": sparsity,
+        "luts": luts,
+        "test_acc_mean": mean,
+        "test_acc_min": min(accs),
+        "test_acc_max": max(accs),
+    }
+
+
+def test_mnist_front_keeps_the_points_nothing_beats_and_draws_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The front's selection and plot; its fits, tests and exports are the CLI's, tested
+    elsewhere (a run of the whole script takes minutes of QAT and yosys)."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from mnist_mlp_front import draw, pareto, point_args
+
+    rows = [
+        _front_row("w6a6", 0.0, 50_000, [97.0, 97.2]),
+        _front_row("w4a4", 0.0, 26_000, [95.0, 95.4]),
+        _front_row("w4a4", 0.5, 30_000, [94.0, 94.2]),  # beaten by w4a4 dense: fewer LUTs
+        _front_row("w2a2", 0.75, 3_000, [80.0, 81.0]),
+    ]
+    front = {(r["quant"], r["sparsity"]) for r in pareto(rows)}
+    assert front == {("w6a6", 0.0), ("w4a4", 0.0), ("w2a2", 0.75)}
+    draw(rows, tmp_path / "front.png")
+    assert (tmp_path / "front.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert point_args("w4a4", 0.0, 5)[-1].endswith("configs/quant/mnist_mlp_hw_w4a4.yaml")
+    assert point_args("w4a4", 0.5, 5)[-4:] == [
+        "--model.pruning.sparsity",
+        "0.5",
+        "--model.pruning.end_epoch",
+        "5",
+    ]
+    for quant in ("w6a6", "w4a4", "w2a2"):  # every point's config is committed
+        assert Path(point_args(quant, 0.0, 5)[1]).is_file()

@@ -6,17 +6,20 @@ name ``"<unicode string>"`` and its bad keys name no file. Before LightningCLI p
 text as the sweep's ``--dry_run`` prints) and names the broken one with the line and column
 (:func:`yaml_error_message`). When the combined parse fails on a key,
 :func:`name_config_file` adds the file that introduced that key to the one-line message.
+:func:`read_model_block` reads one ``model`` block (``quantization``, ``pruning``) from a
+file that holds the block itself or a whole machlite config.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from machlite.errors import BadArguments
+from machlite.errors import BadArguments, ConfigError
 
 _CONFIG_FLAGS = ("--config", "-c")
 #: The key a one-line parse error is about: ``KEY: ...`` or ``... option 'KEY'``.
@@ -116,3 +119,32 @@ def name_config_file(err: BadArguments, args: list[str]) -> BadArguments:
         return err
     message, see, hint = err.message.partition(" (see: ")
     return BadArguments(f"{message} (in {found}){see}{hint}")
+
+
+def read_model_block(path: str | os.PathLike, key: str, what: str) -> Any:
+    """The block ``model.KEY`` of a YAML file: the block itself, or a machlite config holding it.
+
+    A machlite config's ``model.KEY`` (or ``model.init_args.KEY``) is read when the file has
+    a ``model`` key.
+
+    Args:
+        path: The YAML file.
+        key: The block's key under ``model`` (e.g. ``quantization``).
+        what: The block's name in errors (e.g. ``quantization``).
+
+    Raises:
+        ConfigError: The file is missing, not YAML, or a config without the block.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} file {path} is not valid YAML ({err})") from err
+    if isinstance(data, dict) and "model" in data:
+        model = data["model"] or {}
+        data = model.get("init_args", model).get(key)
+        if data is None:
+            raise ConfigError(f"{path} has no model.{key} block")
+    return data

@@ -98,6 +98,17 @@ def run(args: list[str]) -> int:
     return 0
 
 
+def fit_synthetic(jsc_data_dir: Path, config: str, name: str, *extra: str, epochs: int = 2) -> Path:
+    """``machlite fit`` of ``config`` on the small synthetic JSC file, batch 64, logging every
+    step, quiet, as experiment ``name``; returns its run folder (``extra`` flags go last)."""
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+    args = ["fit", "--config", config, *synthetic(jsc_data_dir), *quiet]
+    args += ["--trainer.max_epochs", str(epochs), "--data.batch_size", "64"]
+    args += ["--trainer.log_every_n_steps", "1", "--experiment", name, *extra]
+    assert run(args) == 0
+    return next(Path(f"runs/{name}_synthetic").glob("version_*"))
+
+
 def synthetic(jsc_data_dir: Path) -> list[str]:
     """The flags that train on the small synthetic JSC file of ``jsc_data_dir``."""
     return [

@@ -36,7 +36,7 @@ from machlite.sparsity import (
     weight_of,
 )
 
-from .conftest import CONFIGS, run, synthetic
+from .conftest import CONFIGS, fit_synthetic, run, synthetic
 
 PRUNE_FILES = sorted((CONFIGS / "prune").glob("*.yaml"))
 #: The block files of configs/prune/ (used as ``--model.pruning FILE``).
@@ -222,24 +222,7 @@ def test_summary_shows_the_zeros_and_the_target() -> None:
 
 # -- model.pruning in a fit -----------------------------------------------------------------------
 def _fit(jsc_data_dir: Path, name: str, *extra: str, config: str = TOY) -> Path:
-    args = [
-        "fit",
-        "--config",
-        config,
-        *synthetic(jsc_data_dir),
-        *QUIET,
-        "--trainer.max_epochs",
-        "3",
-        "--data.batch_size",
-        "64",
-        "--trainer.log_every_n_steps",
-        "1",
-        "--experiment",
-        name,
-        *extra,
-    ]
-    assert run(args) == 0
-    return next(Path(f"runs/{name}_synthetic").glob("version_*"))
+    return fit_synthetic(jsc_data_dir, config, name, *extra, epochs=3)
 
 
 def _masks(ckpt: Path) -> dict[str, torch.Tensor]:

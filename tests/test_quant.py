@@ -37,7 +37,7 @@ from machlite.quant import (
 )
 from machlite.quant.layers import QuantBatchNorm1d, QuantConv2d, QuantLinear, QuantReLU
 
-from .conftest import CONFIGS, run, synthetic
+from .conftest import CONFIGS, fit_synthetic, run, synthetic
 
 QUANT_CONFIGS = sorted((CONFIGS / "quant").glob("*.yaml"))
 TINY = str(CONFIGS / "jsc_tiny.yaml")
@@ -445,24 +445,7 @@ def test_ptq_errors_are_one_line(jsc_data_dir: Path, capsys: pytest.CaptureFixtu
 
 # -- QAT -----------------------------------------------------------------------------------------
 def _qat(jsc_data_dir: Path, name: str, *extra: str) -> Path:
-    args = [
-        "fit",
-        "--config",
-        QAT,
-        *synthetic(jsc_data_dir),
-        *QUIET,
-        "--trainer.max_epochs",
-        "2",
-        "--data.batch_size",
-        "64",
-        "--trainer.log_every_n_steps",
-        "1",
-        "--experiment",
-        name,
-        *extra,
-    ]
-    assert run(args) == 0
-    return next(Path(f"runs/{name}_synthetic").glob("version_*"))
+    return fit_synthetic(jsc_data_dir, QAT, name, *extra, epochs=2)
 
 
 def test_qat_multi_step_calls_match_single_steps(jsc_data_dir: Path) -> None:

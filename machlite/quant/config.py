@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from machlite.config_files import read_model_block
 from machlite.errors import ConfigError
 from machlite.quant.formats import FixedPoint, LayerQuant
 from machlite.quant.layers import LAYER_TYPES, layer_type
@@ -137,18 +135,7 @@ def load_quant_config(path: str | os.PathLike) -> QuantConfig:
     Raises:
         ConfigError: The file is missing, not YAML, or not a valid quantization config.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"quantization file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"quantization file {path} is not valid YAML ({err})") from err
-    if isinstance(data, dict) and "model" in data:
-        model = data["model"] or {}
-        data = model.get("init_args", model).get("quantization")
-        if data is None:
-            raise ConfigError(f"{path} has no model.quantization block")
+    data = read_model_block(path, "quantization", "quantization")
     try:
         return from_dict(data)
     except ConfigError as err:

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from machlite.config_files import read_model_block
 from machlite.errors import ConfigError
 
 #: The layer types that are pruned: the multiply-accumulate ``by_type`` keys of
@@ -123,18 +121,7 @@ def load_prune_config(path: str | os.PathLike) -> PruneConfig:
     Raises:
         ConfigError: The file is missing, not YAML, or not a valid pruning block.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"pruning file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"pruning file {path} is not valid YAML ({err})") from err
-    if isinstance(data, dict) and "model" in data:
-        model = data["model"] or {}
-        data = model.get("init_args", model).get("pruning")
-        if data is None:
-            raise ConfigError(f"{path} has no model.pruning block")
+    data = read_model_block(path, "pruning", "pruning")
     try:
         return prune_config(data)
     except ConfigError as err:

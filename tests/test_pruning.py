@@ -137,6 +137,29 @@ def _linears(net: nn.Module) -> list[nn.Module]:
     return [m for m in net.modules() if is_linear(m)]
 
 
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_pruning_ranks_the_current_weights_not_the_last_forwards(scope: str) -> None:
+    """After an optimizer step, ``module.weight`` still holds the last forward's weights;
+    the ranking must use ``weight_orig``, the current ones."""
+    net = JSCToy()
+    config = PruneConfig(0.8, scope=scope, end_epoch=3)
+    prune_to(net, config, config.target_at(1))  # attached; module.weight set from weight_orig
+    with torch.no_grad():  # a step moves weight_orig; no forward runs before the next prune
+        for m in _linears(net):
+            m.weight_orig.copy_(torch.randn_like(m.weight_orig) * m.weight_mask)
+    prune_to(net, config, config.target_at(3))
+    for m in _linears(net):
+        w, mask = m.weight_orig.detach(), m.weight_mask
+        if scope == "layer":
+            assert w[mask == 0].abs().max() <= w[mask == 1].abs().min()
+    kept = torch.cat([m.weight_orig[m.weight_mask == 1].abs() for m in _linears(net)])
+    newly = torch.cat(
+        [m.weight_orig[(m.weight_mask == 0) & (m.weight_orig != 0)].abs() for m in _linears(net)]
+    )
+    if scope == "global":
+        assert newly.max() <= kept.min()
+
+
 def test_a_pruned_weight_stays_pruned_as_the_target_grows() -> None:
     net = JSCToy()
     config = PruneConfig(0.8, scope="layer", end_epoch=3)
@@ -319,6 +342,19 @@ def test_a_resumed_pruned_run_ends_as_an_uninterrupted_one(jsc_data_dir: Path) -
         assert torch.equal(value, b["state_dict"][key]), key
     assert sparsity_from(_masks(resumed / "checkpoints" / "last.ckpt")) == pytest.approx(
         0.75, abs=0.01
+    )
+    assert _hparams_entries(resumed) == 1  # the interrupted process's, not a second one
+
+
+def _hparams_entries(run_dir: Path) -> int:
+    """How many HPARAMS session entries the run folder's event files hold."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    return sum(
+        value.tag == "_hparams_/session_start_info"
+        for path in run_dir.glob("events.out.tfevents.*")
+        for event in EventFileLoader(str(path)).Load()
+        for value in event.summary.value
     )
 
 

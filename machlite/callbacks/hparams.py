@@ -9,6 +9,7 @@ SERIES page opens on the curves a user came for, not on single-point ``hp/*`` ca
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -32,6 +33,16 @@ def _float(value: Any) -> float | None:
     if isinstance(value, torch.Tensor):
         value = value.item()
     return float(value) if isinstance(value, int | float) else None
+
+
+def _resumed_with_entry(logger: Any) -> bool:
+    """True when ``logger`` resumes a run folder that already holds an HPARAMS entry."""
+    if not (isinstance(logger, ResumableTensorBoardLogger) and logger.resume_step is not None):
+        return False
+    from machlite.events import has_events, load_events, session_hparams
+
+    folder = Path(logger.log_dir)
+    return has_events(folder) and bool(session_hparams(load_events(folder)))
 
 
 def _cost(pl_module: pl.LightningModule) -> dict[str, float]:
@@ -88,12 +99,14 @@ class HParamsLogger(Callback):
     @rank_zero_only
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """A pruned run that ends before its schedule does: the entry, with the sparsity
-        reached (a later resume cannot change it: TensorBoard keeps the first)."""
+        reached. A resumed run whose folder has the entry writes none: one entry per run."""
         if getattr(pl_module, "pruning", None) is not None:
             self._write_pruned(trainer, pl_module)
 
     def _write_pruned(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         logger = tensorboard_logger(trainer)
+        if logger is not None and not self.written and _resumed_with_entry(logger):
+            self.written = True  # the interrupted process wrote it: one entry per run
         if logger is not None and not self.written:
             self.hparams.update(_cost(pl_module))
             self.write_session(logger)

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -196,10 +197,18 @@ class YosysRun:
         files = " ".join(f'"{p}"' for p in sources)
         script = f"read_verilog -sv {files}; synth_xilinx -flatten -family xc7 -top {top}; stat"
         self.start = time.monotonic()
+        self.end: float | None = None  # when yosys exited, seen by the waiter thread
         with open(log, "w") as out:
             self.process = subprocess.Popen(
                 [self.exe, "-p", script], stdout=out, stderr=subprocess.STDOUT
             )
+        # yosys's own seconds, even when result() is asked for later (after Verilator)
+        self._waiter = threading.Thread(target=self._wait, daemon=True)
+        self._waiter.start()
+
+    def _wait(self) -> None:
+        self.process.wait()
+        self.end = time.monotonic()
 
     def stop(self) -> None:
         """Stop yosys if it still runs (the caller failed before asking for the result)."""
@@ -222,7 +231,8 @@ class YosysRun:
                 f"yosys did not finish within --synth_timeout {self.timeout:g} s (log: "
                 f"{self.log}); give it more time or skip synthesis with --synth false"
             ) from err
-        seconds = time.monotonic() - self.start
+        self._waiter.join()
+        seconds = (self.end or time.monotonic()) - self.start
         text = self.log.read_text(errors="replace")
         if returncode < 0:  # killed by a signal: on Linux, most often the OOM killer's SIGKILL
             raise ConfigError(
@@ -235,8 +245,18 @@ class YosysRun:
             raise ConfigError(
                 f"yosys failed (exit {returncode}; log: {self.log}): {last[0].strip()}"
             )
-        cells = parse_stat(text)
-        version = subprocess.run([self.exe, "-V"], capture_output=True, text=True).stdout.strip()
+        try:
+            cells = parse_stat(text)
+        except ValueError as err:
+            raise ConfigError(
+                f"yosys finished but its log has no cell counts ({err}; log: {self.log})"
+            ) from err
+        try:
+            version = subprocess.run(
+                [self.exe, "-V"], capture_output=True, text=True, timeout=30
+            ).stdout.strip()
+        except subprocess.TimeoutExpired:
+            version = ""
         return Synthesis(
             tool=f"{version or 'yosys'}, synth_xilinx -family xc7 (not Vivado)",
             luts=_count(cells, "LUT"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -167,7 +168,9 @@ def run_hardware(run_dir: Path, ckpt: Path, options: HardwareOptions) -> dict[st
                 f"hardware: yosys did not finish within synth_timeout {options.synth_timeout:g} "
                 f"s (the hardware block); the fit and test are kept in {folder.path}"
             ) from err
-        raise ConfigError(f"hardware: {str(err).removeprefix('--format verilog: ')}") from err
+        # the export's advice (--synth false, --rtl_sim false) has no flag in a search or sweep
+        text = re.sub(r",? or skip (?:it|synthesis) with --\w+ false", "", str(err))
+        raise ConfigError(f"hardware: {text.removeprefix('--format verilog: ')}") from err
     synthesis = design["synthesis"]
     record = {
         "checkpoint": str(ckpt),

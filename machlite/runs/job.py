@@ -26,6 +26,10 @@ from machlite.runs.layout import TEST_DIR, RunFolder
 def best_checkpoint(trainer: Any, run_dir: Path) -> Path:
     """The fit's best checkpoint, as its checkpoint callback recorded it, else ``last.ckpt``.
 
+    A fit whose pruning ramps over epochs (``model.pruning.end_epoch`` > 0) is tested at
+    ``last.ckpt``: its best val/acc may come from an epoch before the masks reached the
+    target, whose accuracy and hardware would not be those of the sparsity asked for.
+
     Args:
         trainer: The finished fit's Trainer.
         run_dir: The run folder (its ``checkpoints/last.ckpt`` is the fallback).
@@ -35,7 +39,9 @@ def best_checkpoint(trainer: Any, run_dir: Path) -> Path:
     """
     callback = getattr(trainer, "checkpoint_callback", None)
     best = getattr(callback, "best_model_path", "") or ""
-    if best and Path(best).is_file():
+    pruning = getattr(getattr(trainer, "lightning_module", None), "pruning", None)
+    ramps = pruning is not None and pruning.end_epoch > 0
+    if best and Path(best).is_file() and not ramps:
         return Path(best)
     last = Path(getattr(callback, "last_model_path", "") or RunFolder(run_dir).last_checkpoint)
     if last.is_file():

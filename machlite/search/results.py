@@ -185,6 +185,7 @@ AXIS_LABELS = {
     "ffs": "yosys FFs (xc7, not Vivado)",
     "dsps": "yosys DSPs (xc7, not Vivado)",
     "latency_cycles": "latency (clock cycles)",
+    "critical_path_ns": "critical path (ns, alkaid's delay model: an estimate)",
 }
 #: The folder of the per-trial configs of a Pareto front.
 PARETO_DIR = "pareto"

@@ -140,7 +140,10 @@ def prune_to(network: nn.Module, config: PruneConfig, sparsity: float) -> None:
         for module in layers.values():
             extra = round(sparsity * module.weight_mask.numel()) - _zeros(module)
             if extra > 0:
-                prune.l1_unstructured(module, "weight", amount=extra)
+                # the scores: weight_orig, not module.weight (set by the last forward,
+                # before the last optimizer step)
+                scores = module.weight_orig.detach()
+                prune.l1_unstructured(module, "weight", amount=extra, importance_scores=scores)
         return
     total = sum(module.weight_mask.numel() for module in layers.values())
     extra = round(sparsity * total) - sum(_zeros(module) for module in layers.values())

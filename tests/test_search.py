@@ -649,3 +649,19 @@ def test_bits_and_bops_objectives_read_the_run_s_hparams(tmp_path: Path) -> None
         "val/acc": "maximize",
         "bops": "minimize",
     }
+
+
+def test_trial_folders_use_the_shortest_distinct_names_and_stay_under_the_limit() -> None:
+    from machlite.search.loop import MAX_FOLDER_NAME, trial_folder
+
+    values = {
+        "model.network.init_args.width": 1.0,
+        "model.quantization.by_type.linear.weight.width": 8,
+        "model.quantization.by_type.linear.data_in.width": 6,
+        "model.pruning.sparsity": 0.75,
+    }
+    name = trial_folder(3, values)
+    assert name == "trial=0003,init_args.width=1,weight.width=8,data_in.width=6,sparsity=0.75"
+    many = {f"model.block{i}.layer.weight.width": 8 for i in range(40)}
+    assert trial_folder(7, many) == "trial=0007"  # too long for a file name: the number
+    assert len(trial_folder(7, dict(list(many.items())[:2]))) <= MAX_FOLDER_NAME

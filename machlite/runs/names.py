@@ -52,13 +52,21 @@ def value_label(value: str) -> str:
 
 
 def short_keys(keys: Sequence[str]) -> dict[str, str]:
-    """Each swept key's name in run names: its last part (``optimizer.lr`` -> ``lr``), or the
-    whole key where two last parts would clash."""
-    last = {key: key.rsplit(".", 1)[-1] for key in keys}
-    counts: dict[str, int] = {}
-    for name in last.values():
-        counts[name] = counts.get(name, 0) + 1
-    return {key: name if counts[name] == 1 else key for key, name in last.items()}
+    """Each swept key's name in run names: its last part (``optimizer.lr`` -> ``lr``), or,
+    where last parts clash, the fewest last parts that tell the keys apart
+    (``...linear.weight.width`` and ``...data_in.width`` -> ``weight.width``,
+    ``data_in.width``), so a folder name stays short."""
+    parts = {key: 1 for key in keys}
+    while True:
+        names = {key: ".".join(key.split(".")[-n:]) for key, n in parts.items()}
+        counts: dict[str, int] = {}
+        for name in names.values():
+            counts[name] = counts.get(name, 0) + 1
+        clashing = [k for k, name in names.items() if counts[name] > 1 and name != k]
+        if not clashing:
+            return names
+        for key in clashing:
+            parts[key] += 1
 
 
 def setting_of(name: str) -> str:

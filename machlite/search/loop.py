@@ -53,6 +53,8 @@ from machlite.search.study import (
 #: A process stops asking for trials after this many of its trials failed in a row.
 FAILS_IN_A_ROW = 3
 _BEAT_EVERY = 30.0
+#: The longest trial folder name, in bytes (most file systems allow 255).
+MAX_FOLDER_NAME = 200
 
 
 def trial_folder(number: int, values: dict[str, Any]) -> str:
@@ -62,7 +64,10 @@ def trial_folder(number: int, values: dict[str, Any]) -> str:
     for key, value in values.items():
         text = f"{value:.6g}" if isinstance(value, float) else str(value)
         parts.append(f"{names[key]}={value_label(text)}")
-    return ",".join(parts)
+    name = ",".join(parts)
+    # a file name holds at most 255 bytes; the trial's values are also in trials.csv and
+    # its overrides.yaml, and its number alone names it
+    return name if len(name.encode()) <= MAX_FOLDER_NAME else parts[0]
 
 
 def objective_value(metric: str, direction: str, run_dir: Path) -> float | None:

@@ -221,6 +221,7 @@ def main() -> None:
                 "latency_cycles": d["latency_cycles"],
                 "critical_path_ns": d["alkaid_estimate"]["critical_path_ns"],
                 "identical": d["identical"],
+                "float32": d["float32"],
                 "max_abs_diff": d["max_abs_diff"],
                 "design_samples": d["samples"],
                 "yosys_seconds": syn["seconds"],

@@ -37,6 +37,7 @@ from machlite.quant.layers import (
     QuantLinear,
     QuantReLU,
     fake_quant,
+    fold_batchnorm,
 )
 
 #: machlite's rounding (half to even) and overflow (saturate) in alkaid's words.
@@ -137,11 +138,7 @@ class MachliteBatchNorm(ReplayModuleBase):
 
     def call(self, input: FVArray) -> FVArray:
         m, q = self.module, self.module.quant
-        mean, var = m.running_mean, m.running_var
-        gamma = m.weight if m.affine else torch.ones_like(mean)
-        beta = m.bias if m.affine else torch.zeros_like(mean)
-        scale = gamma / torch.sqrt(var + m.eps)
-        shift = beta - mean * scale
+        scale, shift = fold_batchnorm(m)
         x, s, b = _round(input, q.data_in), _const(scale, q.weight), _const(shift, q.bias)
         out = x * s + b
         _record_sums(self.module, _maxabs(x) * np.abs(s) + np.abs(b), out)

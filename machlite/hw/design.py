@@ -33,6 +33,7 @@ from torch import nn
 from machlite.agreement import compare
 from machlite.errors import ConfigError
 from machlite.quant import FixedPoint, fake_quant, is_quantized, layer_type
+from machlite.quant.layers import fold_batchnorm
 
 #: Modules a design may hold besides machlite's quantized layers: exact without a format.
 PASS_THROUGH = (nn.ReLU, nn.Dropout, nn.Identity)
@@ -141,11 +142,7 @@ def sample_sums(network: nn.Module, x: np.ndarray, grid: dict[str, float]) -> di
                 if module.bias is not None:
                     bound = bound + fake_quant(module.bias, q.bias).double().abs()
             else:
-                mean, var = module.running_mean, module.running_var
-                gamma = module.weight if module.affine else torch.ones_like(mean)
-                beta = module.bias if module.affine else torch.zeros_like(mean)
-                scale = gamma / torch.sqrt(var + module.eps)
-                shift = beta - mean * scale
+                scale, shift = fold_batchnorm(module)
                 bound = xq * fake_quant(scale, q.weight).double().abs()
                 bound = bound + fake_quant(shift, q.bias).double().abs()
             found[name] = float(bound.max()) / grid[name]

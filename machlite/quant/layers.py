@@ -60,6 +60,25 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         return fake_quant(out, q.data_out)
 
 
+def fold_batchnorm(
+    module: nn.modules.batchnorm._BatchNorm, mean: Tensor | None = None, var: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """BatchNorm folded into ``x * scale + shift``: ``scale = gamma / sqrt(var + eps)``,
+    ``shift = beta - mean * scale`` (float, before rounding), as hls4ml stores it.
+
+    Args:
+        module: The BatchNorm.
+        mean: The mean to use (default: the running mean).
+        var: The variance to use (default: the running variance).
+    """
+    mean = module.running_mean if mean is None else mean
+    var = module.running_var if var is None else var
+    gamma = module.weight if module.affine else torch.ones_like(mean)
+    beta = module.bias if module.affine else torch.zeros_like(mean)
+    scale = gamma / torch.sqrt(var + module.eps)
+    return scale, beta - mean * scale
+
+
 class _QuantBatchNorm(_Quantized, nn.modules.batchnorm._BatchNorm):
     """BatchNorm as the hardware computes it: ``x * scale + shift``, both rounded.
 
@@ -81,10 +100,7 @@ class _QuantBatchNorm(_Quantized, nn.modules.batchnorm._BatchNorm):
             var = x.var(dim=dims, unbiased=False)
         else:
             mean, var = self.running_mean, self.running_var
-        gamma = self.weight if self.affine else torch.ones_like(mean)
-        beta = self.bias if self.affine else torch.zeros_like(mean)
-        scale = gamma / torch.sqrt(var + self.eps)
-        shift = beta - mean * scale
+        scale, shift = fold_batchnorm(self, mean, var)
         shape = [1, -1] + [1] * (x.dim() - 2)
         scale = fake_quant(scale, q.weight).reshape(shape)
         shift = fake_quant(shift, q.bias).reshape(shape)

@@ -26,6 +26,7 @@ from torch import nn
 from machlite.quant.config import QuantConfig, from_dict
 from machlite.quant.formats import FixedPoint, LayerQuant
 from machlite.quant.layers import LAYERS, is_quantized, layer_type
+from machlite.sparsity.masks import weight_of
 
 #: The bits of a float value.
 FLOAT_BITS = 32
@@ -101,13 +102,6 @@ def _formats(name: str, module: nn.Module, config: QuantConfig | None) -> LayerQ
     return spec or LayerQuant()
 
 
-def _weight(module: nn.Module) -> torch.Tensor:
-    """The weight a layer computes with: torch's pruning keeps ``weight_orig * weight_mask``
-    (``module.weight`` is only recomputed by a forward)."""
-    mask = getattr(module, "weight_mask", None)
-    return module.weight_orig * mask if isinstance(mask, torch.Tensor) else module.weight
-
-
 def _mac_type(module: nn.Module) -> str | None:
     """The ``by_type`` key of a multiply-accumulate layer (its torch class or a subclass)."""
     for key in MAC_TYPES:
@@ -160,7 +154,7 @@ def network_cost(
         zero_weights, zeros = 0, 0.0  # a Linear's or Conv2d's zero weights, and their fraction
         if _mac_type(module) is not None:
             with torch.no_grad():
-                weight = _weight(module)
+                weight = weight_of(module)
                 zero_weights = int((weight == 0).sum())
                 zeros = zero_weights / weight.numel()
         size = sum(

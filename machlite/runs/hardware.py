@@ -105,6 +105,12 @@ def parse_hardware(value: Any, where: str) -> HardwareOptions:
     return HardwareOptions(**value)
 
 
+def _without_export_flags(text: str) -> str:
+    """``text`` without the export's advice (``--synth false``, ``--rtl_sim false``), which
+    has no flag in a search or sweep."""
+    return re.sub(r",? or skip (?:it|synthesis) with --\w+ false", "", text)
+
+
 def require_tools(options: HardwareOptions, what: str) -> None:
     """Stop with one line when the ``hw`` extra (alkaid), yosys or, for ``rtl_sim``,
     Verilator is missing; called before any run starts.
@@ -125,8 +131,7 @@ def require_tools(options: HardwareOptions, what: str) -> None:
     try:
         check_tools(rtl_sim=options.rtl_sim, synth=True)
     except ConfigError as err:
-        text = str(err).split(", or skip it with")[0]
-        raise ConfigError(f"{what}: {text}") from err
+        raise ConfigError(f"{what}: {_without_export_flags(str(err))}") from err
 
 
 def run_hardware(run_dir: Path, ckpt: Path, options: HardwareOptions) -> dict[str, Any]:
@@ -168,9 +173,8 @@ def run_hardware(run_dir: Path, ckpt: Path, options: HardwareOptions) -> dict[st
                 f"hardware: yosys did not finish within synth_timeout {options.synth_timeout:g} "
                 f"s (the hardware block); the fit and test are kept in {folder.path}"
             ) from err
-        # the export's advice (--synth false, --rtl_sim false) has no flag in a search or sweep
-        text = re.sub(r",? or skip (?:it|synthesis) with --\w+ false", "", str(err))
-        raise ConfigError(f"hardware: {text.removeprefix('--format verilog: ')}") from err
+        text = _without_export_flags(str(err)).removeprefix("--format verilog: ")
+        raise ConfigError(f"hardware: {text}") from err
     synthesis = design["synthesis"]
     record = {
         "checkpoint": str(ckpt),

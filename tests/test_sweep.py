@@ -289,8 +289,11 @@ def test_plot_a_single_run_folder(fake_sweep: tuple[Sweep, list[Run]], tmp_path:
 WIDTHS = ["{width: 8, frac_width: 4}", "{width: 4, frac_width: 2}"]
 
 
-def width_sweep(tmp_path: Path, bops: list[float]) -> tuple[Sweep, list[Run]]:
-    """Fake runs of a two-width sweep, two seeds each; width i's runs log ``bops[i]``."""
+def width_sweep(
+    tmp_path: Path, bops: list[float], sparsity: float | None = None
+) -> tuple[Sweep, list[Run]]:
+    """Fake runs of a two-width sweep, two seeds each; width i's runs log ``bops[i]`` (and
+    ``sparsity``, when given, as a pruned run's ``model.sparsity``)."""
     sweep = Sweep(
         config=CONFIGS / "jsc_toy.yaml",
         grid={"model.quantization.by_type.linear.weight": WIDTHS},
@@ -303,6 +306,8 @@ def width_sweep(tmp_path: Path, bops: list[float]) -> tuple[Sweep, list[Run]]:
         i = WIDTHS.index(r.values["model.quantization.by_type.linear.weight"])
         val = [[0.5, 0.7, 0.8], [0.4, 0.5, 0.6]][i]
         hparams = {"model.bops": bops[i], "model.bits": 1000.0}
+        if sparsity is not None:
+            hparams["model.sparsity"] = sparsity
         write_run(sweep.sweep_dir / r.name, [v + 0.02 * r.seed for v in val], 0.5, r.seed, hparams)
     return sweep, runs
 
@@ -887,3 +892,15 @@ def test_a_job_fits_its_override_file_and_tests_the_callbacks_best_checkpoint(
     assert config["trainer"]["max_epochs"] == config["lr_scheduler"]["init_args"]["T_max"] == 3
     assert config["seed_everything"] == 7
     assert 0.0 < record["metrics"]["test_acc"] <= 1.0
+
+
+def test_summary_keeps_a_pruned_settings_sparsity_as_a_fraction(tmp_path: Path) -> None:
+    sweep, runs = width_sweep(tmp_path, [6720.0, 2240.0], sparsity=0.5)
+    write_summary(sweep, runs, failed=[])
+    with open(sweep.sweep_dir / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {float(row["sparsity"]) for row in rows} == {0.5}  # not rounded to 0
+    md = (sweep.sweep_dir / "summary.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| setting |"))
+    assert "| params | bits | BOPs | sparsity |" in header
+    assert "| 0.50 |" in md

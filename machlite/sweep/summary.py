@@ -83,7 +83,8 @@ def summarize(sweep: Sweep, runs: list[Run]) -> tuple[list[dict[str, Any]], list
                 "seed": run.seed,
                 **run_metrics(data),
                 "params": done.get("params"),
-                **{k: None if v is None else round(v) for k, v in cost.items()},
+                # bits and BOPs are counts; sparsity is a fraction, kept as is
+                **{k: v if v is None or k == "sparsity" else round(v) for k, v in cost.items()},
                 "fit_seconds": done.get("fit_seconds"),
             }
         )

@@ -205,10 +205,18 @@ def read_hardware(run_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def hardware_values(run_dir: Path) -> dict[str, float | None] | None:
+    """Every one of :data:`HARDWARE_METRICS` of a run, its ``hardware.json`` read once (a
+    metric it lacks: None); None when the run has no ``hardware.json``."""
+    record = read_hardware(run_dir)
+    if record is None:
+        return None
+    return {m: float(v) if _is_number(v := record.get(m)) else None for m in HARDWARE_METRICS}
+
+
 def hardware_value(metric: str, run_dir: Path) -> float | None:
     """One of :data:`HARDWARE_METRICS` of a run, from its ``hardware.json`` (None: none)."""
-    value = (read_hardware(run_dir) or {}).get(metric)
-    return float(value) if _is_number(value) else None
+    return (hardware_values(run_dir) or {}).get(metric)
 
 
 __all__ = [
@@ -216,6 +224,7 @@ __all__ = [
     "HW_EXTRA",
     "HardwareOptions",
     "hardware_value",
+    "hardware_values",
     "parse_hardware",
     "read_hardware",
     "require_tools",

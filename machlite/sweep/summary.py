@@ -15,7 +15,7 @@ from typing import Any
 from machlite.atomic import atomic_write, write_csv
 from machlite.events import COST
 from machlite.notices import read_warnings
-from machlite.runs.hardware import HARDWARE_METRICS, hardware_value
+from machlite.runs.hardware import HARDWARE_METRICS, hardware_values
 from machlite.runs.launcher import PlannedRun
 from machlite.runs.names import short_keys
 from machlite.runs.records import read_done, read_run, run_metrics
@@ -69,7 +69,8 @@ def summarize(sweep: Sweep, runs: list[Run]) -> tuple[list[dict[str, Any]], list
     """
     names = short_keys(list(sweep.grid))
     run_rows: list[dict[str, Any]] = []
-    hardware = any(hardware_value("luts", sweep.sweep_dir / run.name) is not None for run in runs)
+    measured = {run.name: hardware_values(sweep.sweep_dir / run.name) for run in runs}
+    hardware = any(values and values["luts"] is not None for values in measured.values())
     for run in runs:
         run_dir = sweep.sweep_dir / run.name
         done = read_done(run_dir)
@@ -89,8 +90,7 @@ def summarize(sweep: Sweep, runs: list[Run]) -> tuple[list[dict[str, Any]], list
             }
         )
         if hardware:
-            for key in HARDWARE_METRICS:
-                run_rows[-1][key] = hardware_value(key, run_dir)
+            run_rows[-1].update(measured[run.name] or dict.fromkeys(HARDWARE_METRICS))
     setting_rows = []
     for setting in dict.fromkeys(run.setting for run in runs):
         rows = [r for r in run_rows if r["setting"] == setting]

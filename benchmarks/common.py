@@ -46,16 +46,30 @@ class EpochTimer(Callback):
             self.profiler.disable()
 
 
-def machlite_process(args: list[str], log: Path, script: str) -> str:
+def machlite_process(
+    args: list[str], log: Path, script: str, env: dict[str, str] | None = None
+) -> str:
     """Run ``python -m machlite ARGS`` in a new process and keep its output in ``log``.
+
+    Args:
+        args: The machlite arguments.
+        log: Where its output goes.
+        script: The calling script's name, for the failure line.
+        env: Variables set for it on top of this process's environment.
 
     Returns:
         Its output (stdout and stderr). Exits with one line naming ``log`` when it fails.
     """
+    import os
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "machlite", *args], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "machlite", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         sys.exit(f"{script}: machlite {' '.join(args[:3])} failed; see {log}")

@@ -21,17 +21,15 @@ on one thread. Needs the ``hw`` extra and yosys.
 
 import argparse
 import json
-import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fit_run_folder  # noqa: E402
+from common import fit_run_folder, machlite_process  # noqa: E402
 
 from machlite.atomic import atomic_write_json  # noqa: E402
 
@@ -47,16 +45,13 @@ PUBLISHED = {
 }
 
 
+#: Each process on one thread: two run at a time on the two cores.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def machlite(args: list[str], log: Path) -> str:
     """``python -m machlite ARGS`` on one thread; its output, kept in ``log``; exits on failure."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "machlite", *args], capture_output=True, text=True, env=env
-    )
-    log.write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        sys.exit(f"{SCRIPT}: machlite {' '.join(args[:3])} failed; see {log}")
-    return proc.stdout + proc.stderr
+    return machlite_process(args, log, SCRIPT, ONE_THREAD)
 
 
 def point_args(quant: str, sparsity: float, end_epoch: int) -> list[str]:
